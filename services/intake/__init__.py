@@ -1,0 +1,1 @@
+"""Intake: the HTTP API for portals and citizens' offices; accepts applications and answers status queries."""

@@ -1,0 +1,9 @@
+"""``python -m services.intake [serve|migrate]``."""
+
+import sys
+
+from services.intake.app import build
+from shared.runtime import main
+
+if __name__ == "__main__":
+    sys.exit(main(build, sys.argv[1:]))

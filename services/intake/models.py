@@ -1,0 +1,100 @@
+"""Intake's tables and API schemas (SQLModel families: ``XBase``, ``X(table=True)``, ``XPublic``)."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict
+from pydantic import Field as PydanticField
+from sqlmodel import Column, Field, SQLModel, String
+
+from shared.events import Applicant, CaseStatus, LeikaKey, Region
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class CaseState(enum.StrEnum):
+    """Whether the submitted event is known to be on the broker."""
+
+    PENDING = "pending"  # reserved, publish in flight
+    ACCEPTED = "accepted"  # the broker acknowledged the submitted event
+
+
+class CaseBase(SQLModel):
+    """Fields of a case every view shares."""
+
+    case_id: UUID = Field(primary_key=True)
+    reference: str = Field(sa_column=Column(String(32), unique=True, nullable=False))
+    leika_key: str = Field(max_length=14)
+    status: CaseStatus = Field(default=CaseStatus.SUBMITTED, sa_type=String(32))
+    submitted_at: datetime = Field(default_factory=_now)
+    updated_at: datetime = Field(default_factory=_now)
+
+
+class Case(CaseBase, table=True):
+    """A case as intake keeps it: owner, idempotency key and the id of its submitted event."""
+
+    __tablename__ = "cases"
+
+    client_id: UUID = Field(index=True)
+    idempotency_key: str = Field(max_length=200)
+    body_hash: str = Field(max_length=64)
+    event_id: str = Field(max_length=64)
+    state: CaseState = Field(default=CaseState.PENDING, sa_type=String(16))
+
+
+class CaseHistory(SQLModel, table=True):
+    """One status change of a case, as the portal sees it."""
+
+    __tablename__ = "case_history"
+
+    id: int | None = Field(default=None, primary_key=True)
+    case_id: UUID = Field(index=True, foreign_key="cases.case_id")
+    status: CaseStatus = Field(sa_type=String(32))
+    at: datetime
+    detail: str | None = Field(default=None, max_length=5000)
+
+
+class ApplicationCreate(BaseModel):
+    """The body of ``POST /v1/applications``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    leika_key: LeikaKey
+    region: Region
+    applicant: Applicant
+    form: dict[str, object]
+    attachments: list[UUID] = PydanticField(default_factory=list, max_length=50)
+
+
+class ApplicationAccepted(BaseModel):
+    """The answer of ``POST /v1/applications``."""
+
+    case_id: UUID
+    reference: str
+    status: CaseStatus
+    links: dict[str, str]
+
+
+class HistoryEntry(BaseModel):
+    """One entry of a case's history."""
+
+    status: CaseStatus
+    at: datetime
+    detail: str | None = None
+
+
+class CasePublic(BaseModel):
+    """A case as its portal sees it."""
+
+    case_id: UUID
+    reference: str
+    leika_key: str
+    status: CaseStatus
+    submitted_at: datetime
+    updated_at: datetime
+    history: list[HistoryEntry]

@@ -1,0 +1,135 @@
+"""Intake's database operations; synchronous, called from async code through a worker thread."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from uuid import UUID
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from services.intake.models import Case, CaseHistory, CasePublic, CaseState, HistoryEntry
+from shared.events import CaseStatus
+from shared.idempotency import first_delivery
+
+# Crockford's base32 without I, L, O, U: no two characters a clerk reading aloud could confuse.
+_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_reference(now: datetime | None = None) -> str:
+    """A human-readable case reference such as ``OZG-2026-8F3K-2QXD`` (40 random bits)."""
+    year = (now or datetime.now(UTC)).year
+    chars = "".join(secrets.choice(_ALPHABET) for _ in range(8))
+    return f"OZG-{year}-{chars[:4]}-{chars[4:]}"
+
+
+@dataclass(frozen=True)
+class Reserved:
+    """A new case was reserved; its submitted event must now be published."""
+
+    case: Case
+
+
+@dataclass(frozen=True)
+class Replay:
+    """The same key and body were seen before: answer as then."""
+
+    case: Case
+
+
+@dataclass(frozen=True)
+class KeyReused:
+    """The same key came with another body."""
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """The same key is being processed right now."""
+
+
+Reservation = Reserved | Replay | KeyReused | InFlight
+
+
+class IntakeStore:
+    """Cases, their history and the idempotency keys of submissions."""
+
+    CONSUMER = "intake.status"
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def reserve(self, candidate: Case) -> Reservation:
+        """Reserve ``candidate`` under its (client, idempotency key), or say why not."""
+        with Session(self.engine) as session:
+            existing = session.exec(
+                select(Case).where(Case.client_id == candidate.client_id,
+                                   Case.idempotency_key == candidate.idempotency_key)
+            ).first()
+            if existing is not None:
+                if existing.body_hash != candidate.body_hash:
+                    return KeyReused()
+                return InFlight() if existing.state == CaseState.PENDING else Replay(existing)
+            session.add(candidate)
+            try:
+                session.commit()
+            except IntegrityError:
+                # The same key raced us to the unique index, or (once in 2^40) the reference collided.
+                session.rollback()
+                return InFlight()
+            session.refresh(candidate)
+            return Reserved(candidate)
+
+    def accept(self, case_id: UUID) -> Case:
+        """The broker acknowledged the submitted event: the case is accepted."""
+        with Session(self.engine) as session:
+            case = session.get_one(Case, case_id)
+            case.state = CaseState.ACCEPTED
+            session.add(CaseHistory(case_id=case_id, status=CaseStatus.SUBMITTED, at=case.submitted_at))
+            session.add(case)
+            session.commit()
+            session.refresh(case)
+            return case
+
+    def release(self, case_id: UUID) -> None:
+        """Publishing failed: forget the reservation so the client's retry starts afresh."""
+        with Session(self.engine) as session:
+            case = session.get(Case, case_id)
+            if case is not None and case.state == CaseState.PENDING:
+                session.delete(case)
+                session.commit()
+
+    def get(self, case_id: UUID, client_id: UUID) -> CasePublic | None:
+        """A case with its history, only for the client that submitted it."""
+        with Session(self.engine) as session:
+            case = session.get(Case, case_id)
+            if case is None or case.client_id != client_id or case.state != CaseState.ACCEPTED:
+                return None
+            history = session.exec(
+                select(CaseHistory).where(CaseHistory.case_id == case_id).order_by(col(CaseHistory.id))
+            ).all()
+            return CasePublic(
+                case_id=case.case_id, reference=case.reference, leika_key=case.leika_key, status=case.status,
+                submitted_at=case.submitted_at, updated_at=case.updated_at,
+                history=[HistoryEntry(status=h.status, at=h.at, detail=h.detail) for h in history],
+            )
+
+    def record_status(
+        self, event_id: str, case_id: UUID, status: CaseStatus, at: datetime, detail: str | None = None
+    ) -> bool:
+        """Apply a status event once; False if it was seen before or the case isn't intake's."""
+        with Session(self.engine) as session:
+            if not first_delivery(session, self.CONSUMER, event_id):
+                return False
+            case = session.get(Case, case_id)
+            if case is None:
+                session.commit()
+                return False
+            case.status = status
+            case.updated_at = at
+            session.add(case)
+            session.add(CaseHistory(case_id=case_id, status=status, at=at, detail=detail))
+            session.commit()
+            return True

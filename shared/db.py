@@ -1,0 +1,71 @@
+"""Database plumbing every service shares: engines for SQLite and PostgreSQL, Alembic migrations, a ping."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, event, text
+from sqlmodel import create_engine
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine for ``url``; SQLite gets WAL and a busy timeout so API threads and consumers can share it."""
+    if url.startswith("sqlite"):
+        database = url.split("///", 1)[-1]
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **kwargs)
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10, **kwargs)
+
+
+def alembic_config(engine: Engine, migrations: Path, service: str) -> Config:
+    """An Alembic configuration for one service's migrations.
+
+    Each service keeps its own version table, so two services pointed at one database by mistake don't clash.
+    """
+    config = Config()
+    config.set_main_option("script_location", str(migrations))
+    config.set_main_option("version_table", f"alembic_version_{service}")
+    config.attributes["engine"] = engine
+    return config
+
+
+def migrate(engine: Engine, migrations: Path, service: str) -> None:
+    """Bring the database to the newest migration (idempotent)."""
+    command.upgrade(alembic_config(engine, migrations, service), "head")
+
+
+def run_migrations_online(config: Config) -> None:
+    """Body of every service's ``migrations/env.py``: run the migrations on the engine handed over."""
+    from alembic import context
+
+    engine: Engine = config.attributes["engine"]
+    with engine.begin() as connection:
+        context.configure(
+            connection=connection,
+            version_table=config.get_main_option("version_table") or "alembic_version",
+        )
+        context.run_migrations()
+
+
+def ping(engine: Engine) -> bool:
+    """Whether the database answers."""
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception:  # noqa: BLE001 - any failure means "not reachable"
+        return False
+    return True

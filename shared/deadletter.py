@@ -1,0 +1,103 @@
+"""Retry-then-dead-letter: the one middleware every consumer runs under.
+
+A message whose handler raises is retried a bounded number of times with exponential back-off (the partition
+waits, so order is kept); a poison message (InvalidEvent) is not retried at all. Then the original record goes to
+``<topic>.dlq`` with headers naming the error, the source topic, partition and offset, and the consumer moves on.
+If even the dead-letter publish fails, the error propagates and the message is redelivered: nothing is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from aiokafka import ConsumerRecord
+from faststream import BaseMiddleware
+from prometheus_client import CollectorRegistry, Counter
+
+from shared.envelope import InvalidEvent
+from shared.topics import dlq_topic
+
+if TYPE_CHECKING:
+    from faststream._internal.basic_types import AsyncFuncAny
+    from faststream._internal.context.repository import ContextRepo
+    from faststream.kafka import KafkaBroker
+    from faststream.message import StreamMessage
+
+log = logging.getLogger(__name__)
+
+
+class DeadLetterPolicy:
+    """Factory of the per-message middleware; holds the retry settings, the metric and the broker."""
+
+    def __init__(self, *, retries: int, backoff_s: float, registry: CollectorRegistry, service: str) -> None:
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.service = service
+        self.broker: KafkaBroker | None = None
+        self.dead_lettered = Counter(
+            "ozg_dead_lettered_messages",
+            "Messages moved to a dead-letter topic, by source topic and error class",
+            ["topic", "error"],
+            registry=registry,
+        )
+
+    def attach(self, broker: KafkaBroker) -> None:
+        """Give the policy the broker it publishes dead letters with."""
+        self.broker = broker
+
+    def __call__(self, msg: Any, /, *, context: ContextRepo) -> _DeadLetterMiddleware:
+        return _DeadLetterMiddleware(msg, context=context, policy=self)
+
+    async def dead_letter(self, record: ConsumerRecord[Any, Any], error: BaseException) -> None:
+        """Publish the original record to its dead-letter topic with error headers."""
+        assert self.broker is not None, "DeadLetterPolicy.attach() was not called"
+        headers = {
+            name: value.decode(errors="replace")
+            for name, value in (record.headers or ())
+            if not name.startswith("x-ozg-dlq-")
+        }
+        headers.update(
+            {
+                "x-ozg-dlq-error": type(error).__name__,
+                # The message of our own InvalidEvent never holds input data; other errors are cut short.
+                "x-ozg-dlq-reason": str(error)[:500],
+                "x-ozg-dlq-topic": record.topic,
+                "x-ozg-dlq-partition": str(record.partition),
+                "x-ozg-dlq-offset": str(record.offset),
+                "x-ozg-dlq-consumer": self.service,
+            }
+        )
+        await self.broker.publish(record.value, dlq_topic(record.topic), key=record.key, headers=headers)
+        self.dead_lettered.labels(record.topic, type(error).__name__).inc()
+        log.warning(
+            "message dead-lettered",
+            extra={"topic": record.topic, "partition": record.partition, "offset": record.offset,
+                   "error": type(error).__name__},
+        )
+
+
+class _DeadLetterMiddleware(BaseMiddleware):
+    def __init__(self, msg: Any, /, *, context: ContextRepo, policy: DeadLetterPolicy) -> None:
+        super().__init__(msg, context=context)
+        self.policy = policy
+
+    async def consume_scope(self, call_next: AsyncFuncAny, msg: StreamMessage[Any]) -> Any:
+        record = msg.raw_message
+        if not isinstance(record, ConsumerRecord):
+            # Batch subscribers handle poison records themselves, one by one.
+            return await call_next(msg)
+        attempt = 0
+        while True:
+            try:
+                return await call_next(msg)
+            except InvalidEvent as exc:
+                await self.policy.dead_letter(record, exc)
+                return None
+            except Exception as exc:  # noqa: BLE001 - any handler failure is retried, then dead-lettered
+                if attempt >= self.policy.retries:
+                    await self.policy.dead_letter(record, exc)
+                    return None
+                await asyncio.sleep(self.policy.backoff_s * 2**attempt)
+                attempt += 1

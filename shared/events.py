@@ -1,0 +1,276 @@
+"""Pydantic models of the data of every event type of SPEC §3, and their CloudEvents ``type`` strings.
+
+Event types are versioned: a breaking change gets a new ``.v2`` type beside the old one.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Annotated, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, model_validator
+
+SUBMITTED_V1 = "de.ozg.application.submitted.v1"
+ROUTED_V1 = "de.ozg.application.routed.v1"
+UNROUTABLE_V1 = "de.ozg.application.unroutable.v1"
+DISPATCHED_V1 = "de.ozg.application.dispatched.v1"
+STATUS_CHANGED_V1 = "de.ozg.case.status-changed.v1"
+NOTIFICATION_SENT_V1 = "de.ozg.notification.sent.v1"
+NOTIFICATION_FAILED_V1 = "de.ozg.notification.failed.v1"
+CLIENT_REGISTERED_V1 = "de.ozg.client.registered.v1"
+CLIENT_REVOKED_V1 = "de.ozg.client.revoked.v1"
+
+LeikaKey = Annotated[str, Field(pattern=r"^99\d{12}$", examples=["99107023037000"])]
+Ags = Annotated[str, Field(pattern=r"^\d{8}$", examples=["09273137"])]
+Ars = Annotated[str, Field(pattern=r"^\d{12}$", examples=["092730137137"])]
+PostalCode = Annotated[str, Field(pattern=r"^\d{5}$", examples=["93309"])]
+
+
+class Strict(BaseModel):
+    """Base of all event data: unknown fields are refused, so a typo never passes silently."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class CaseStatus(enum.StrEnum):
+    """The case status model of SPEC §4."""
+
+    SUBMITTED = "submitted"
+    ROUTED = "routed"
+    UNROUTABLE = "unroutable"
+    RECEIVED = "received"
+    REJECTED = "rejected"
+    IN_PROGRESS = "in_progress"
+    INFORMATION_REQUESTED = "information_requested"
+    DECIDED = "decided"
+    CLOSED = "closed"
+    WITHDRAWN = "withdrawn"
+
+
+class ReplyChannel(enum.StrEnum):
+    """How the applicant wants to hear from the authority."""
+
+    EMAIL = "email"
+    POSTFACH = "postfach"
+    LETTER = "letter"
+
+
+class ClientKind(enum.StrEnum):
+    """The kinds of API client of SPEC §5."""
+
+    PORTAL = "portal"
+    COUNTER = "counter"
+    DESTINATION = "destination"
+    OPERATOR = "operator"
+    AUDITOR = "auditor"
+
+
+class Region(Strict):
+    """Where the application belongs: an ARS, an AGS, or a postal code with the place name."""
+
+    ars: Ars | None = None
+    ags: Ags | None = None
+    postal_code: PostalCode | None = None
+    place: Annotated[str, Field(min_length=1, max_length=100)] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one_form(self) -> Region:
+        given = [self.ars is not None, self.ags is not None, self.postal_code is not None]
+        if sum(given) != 1:
+            raise ValueError("give exactly one of ars, ags or postal_code (with place)")
+        if self.place is not None and self.postal_code is None:
+            raise ValueError("place is only meaningful together with postal_code")
+        return self
+
+
+class PostalAddress(Strict):
+    """A postal address in Germany, for letters."""
+
+    street: Annotated[str, Field(min_length=1, max_length=100)]
+    postal_code: PostalCode
+    city: Annotated[str, Field(min_length=1, max_length=100)]
+    country: Annotated[str, Field(pattern=r"^[A-Z]{2}$")] = "DE"
+
+
+class Contact(Strict):
+    """How to reach the applicant; the reply channel decides which field is required."""
+
+    email: EmailStr | None = None
+    postfach_id: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    address: PostalAddress | None = None
+
+
+class Applicant(Strict):
+    """The applicant (personal data: only on topics marked so in SPEC §3)."""
+
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    contact: Contact
+    reply_channel: ReplyChannel
+    language: Literal["de", "en"] = "de"
+
+    @model_validator(mode="after")
+    def _channel_reachable(self) -> Applicant:
+        needed = {
+            ReplyChannel.EMAIL: ("email", self.contact.email),
+            ReplyChannel.POSTFACH: ("postfach_id", self.contact.postfach_id),
+            ReplyChannel.LETTER: ("address", self.contact.address),
+        }[self.reply_channel]
+        if needed[1] is None:
+            raise ValueError(f"reply_channel {self.reply_channel.value} needs contact.{needed[0]}")
+        return self
+
+
+class AttachmentRef(Strict):
+    """A claim-check: the attachment itself stays in intake's blob store."""
+
+    attachment_id: UUID
+    filename: str
+    media_type: str
+    size: int
+    sha512: Annotated[str, Field(pattern=r"^[0-9a-f]{128}$")]
+
+
+class ApplicationSubmitted(Strict):
+    """``de.ozg.application.submitted.v1``: intake accepted an application (carries personal data)."""
+
+    case_id: UUID
+    reference: str
+    leika_key: LeikaKey
+    region: Region
+    applicant: Applicant
+    form: dict[str, object]
+    attachments: list[AttachmentRef] = Field(default_factory=list)
+    client_id: UUID
+    client_kind: ClientKind
+    submitted_at: datetime
+
+
+class ResolvedRegion(Strict):
+    """The Gemeinde the application's place resolved to."""
+
+    ars: Ars
+    ags: Ags
+    name: str
+
+
+class AuthorityLevel(enum.StrEnum):
+    """The administrative level of a competent authority."""
+
+    GEMEINDE = "gemeinde"
+    VERBAND = "verband"
+    KREIS = "kreis"
+    LAND = "land"
+
+
+class Authority(Strict):
+    """The competent authority; ``ars`` is its own key (12, 9, 5 or 2 digits by level)."""
+
+    ars: Annotated[str, Field(pattern=r"^(\d{2}|\d{5}|\d{9}|\d{12})$")]
+    name: str
+    level: AuthorityLevel
+
+
+class ApplicationRouted(Strict):
+    """``de.ozg.application.routed.v1``: metadata only, no personal data."""
+
+    case_id: UUID
+    reference: str
+    leika_key: LeikaKey
+    region: ResolvedRegion
+    authority: Authority
+    rule: str
+    destination_id: UUID
+    destination_name: str
+    manual: bool = False
+
+
+class UnroutableReason(enum.StrEnum):
+    """Why routing could not find a destination."""
+
+    UNKNOWN_REGION = "unknown_region"
+    AMBIGUOUS_POSTAL_CODE = "ambiguous_postal_code"
+    NO_COMPETENCE_RULE = "no_competence_rule"
+    NO_DESTINATION = "no_destination"
+
+
+class ApplicationUnroutable(Strict):
+    """``de.ozg.application.unroutable.v1``: the case waits in clearing (no personal data)."""
+
+    case_id: UUID
+    reference: str
+    leika_key: LeikaKey
+    reason: UnroutableReason
+    detail: str
+    candidates: list[ResolvedRegion] = Field(default_factory=list)
+
+
+class ApplicationDispatched(Strict):
+    """``de.ozg.application.dispatched.v1`` on ``ozg.dest.<id>``: the whole case for its destination."""
+
+    case_id: UUID
+    reference: str
+    destination_id: UUID
+    routing: ApplicationRouted
+    application: ApplicationSubmitted
+
+
+class Problem(Strict):
+    """An RFC 9457-style problem, as a back office reports it when it rejects a case."""
+
+    type: str = "about:blank"
+    title: str
+    detail: str | None = None
+    instance: str | None = None
+
+
+class Outcome(enum.StrEnum):
+    """The decision on an application."""
+
+    APPROVED = "approved"
+    DENIED = "denied"
+    PARTIALLY_APPROVED = "partially_approved"
+
+
+class CaseStatusChanged(Strict):
+    """``de.ozg.case.status-changed.v1``: no personal data apart from a message to the applicant."""
+
+    case_id: UUID
+    reference: str
+    status: CaseStatus
+    previous_status: CaseStatus | None = None
+    leika_key: LeikaKey | None = None
+    destination_id: UUID | None = None
+    outcome: Outcome | None = None
+    message: Annotated[str, Field(max_length=5000)] | None = None
+    problems: list[Problem] = Field(default_factory=list)
+    changed_at: datetime
+
+
+class NotificationOutcome(Strict):
+    """``de.ozg.notification.sent.v1`` / ``.failed.v1``: what notify did (no personal data)."""
+
+    notification_id: UUID
+    case_id: UUID
+    channel: ReplyChannel
+    trigger_event_id: str
+    trigger_type: str
+    attempts: int
+    error: str | None = None
+
+
+class ClientRecord(Strict):
+    """``de.ozg.client.registered.v1`` / ``.revoked.v1`` on the compacted ``ozg.clients`` topic.
+
+    Only the SHA-256 of the API key travels; the key itself is shown once by the CLI and stored nowhere.
+    """
+
+    client_id: UUID
+    name: str
+    kind: ClientKind
+    scopes: list[str]
+    key_hash: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    destination_id: UUID | None = None
+    revoked: bool = False
+    issued_at: datetime

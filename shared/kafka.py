@@ -1,0 +1,75 @@
+"""The broker factory and the one way services publish events."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from aiokafka import ConsumerRecord
+from faststream.kafka import KafkaBroker, KafkaMessage
+from faststream.kafka.prometheus import KafkaPrometheusMiddleware
+from faststream.message import StreamMessage
+from prometheus_client import CollectorRegistry
+
+from shared.deadletter import DeadLetterPolicy
+from shared.envelope import Envelope, OutgoingEvent, parse_event
+from shared.settings import KafkaSettings
+
+
+async def _undecoded(msg: StreamMessage[Any]) -> bytes:
+    # Handlers read the CloudEvent themselves (read_event); FastStream's own JSON decoding would parse every
+    # value twice and turn a malformed one into an error outside the dead-letter path.
+    return msg.body
+
+
+def make_broker(
+    settings: KafkaSettings, *, service: str, registry: CollectorRegistry
+) -> tuple[KafkaBroker, DeadLetterPolicy]:
+    """A FastStream Kafka broker with ``acks=all``, Prometheus metrics and retry-then-dead-letter handling."""
+    dead_letters = DeadLetterPolicy(
+        retries=settings.dlq_retries, backoff_s=settings.dlq_backoff_s, registry=registry, service=service
+    )
+    broker = KafkaBroker(
+        settings.bootstrap_servers,
+        acks="all",
+        enable_idempotence=settings.idempotence,
+        client_id=f"ozg-{service}",
+        request_timeout_ms=settings.request_timeout_ms,
+        metadata_max_age_ms=settings.metadata_max_age_ms,
+        graceful_timeout=settings.graceful_timeout_s,
+        linger_ms=2,
+        decoder=_undecoded,
+        # Per-message logs stay at DEBUG: on the hot path they cost more than the work itself.
+        logger=logging.getLogger("faststream"),
+        log_level=logging.DEBUG,
+        middlewares=(
+            KafkaPrometheusMiddleware(registry=registry, app_name=service),
+            dead_letters,
+        ),
+    )
+    dead_letters.attach(broker)
+    return broker, dead_letters
+
+
+def read_event(msg: KafkaMessage) -> Envelope:
+    """The CloudEvent in a consumed Kafka message; anything else raises InvalidEvent (a poison message)."""
+    record = msg.raw_message
+    if not isinstance(record, ConsumerRecord):
+        raise TypeError("read_event() takes the messages of single-record subscribers")
+    return parse_event(record.headers, record.value, record.key)
+
+
+async def publish(broker: KafkaBroker, topic: str, event: OutgoingEvent) -> None:
+    """Publish one event and wait until the broker acknowledged it (acks=all)."""
+    await broker.publish(event.value, topic, key=event.key, headers=event.headers)
+
+
+async def publish_all(broker: KafkaBroker, batch: Sequence[tuple[str, OutgoingEvent]]) -> None:
+    """Publish several events concurrently and wait for every acknowledgement; any failure raises."""
+    futures = [
+        await broker.publish(event.value, topic, key=event.key, headers=event.headers, no_confirm=True)
+        for topic, event in batch
+    ]
+    await asyncio.gather(*futures)

@@ -1,0 +1,113 @@
+"""RFC 9457 problem details for every HTTP error, validation errors pointing at each bad field."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+MEDIA_TYPE = "application/problem+json"
+TYPE_BASE = "urn:ozg:problem:"
+
+
+class ProblemDetail(BaseModel):
+    """The body of every error response (RFC 9457)."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str | None = None
+    instance: str | None = None
+    errors: list[dict[str, Any]] | None = None
+
+
+class ProblemException(Exception):
+    """Raise to answer with a problem; ``kind`` becomes the type ``urn:ozg:problem:<kind>``."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str | None = None,
+        *,
+        kind: str | None = None,
+        title: str | None = None,
+        errors: list[dict[str, Any]] | None = None,
+        headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail or "")
+        self.status = status
+        self.detail = detail
+        self.type = f"{TYPE_BASE}{kind}" if kind else "about:blank"
+        self.title = title or HTTPStatus(status).phrase
+        self.errors = errors
+        self.headers = dict(headers or {})
+        self.extra = dict(extra or {})
+
+
+def problem_response(problem: ProblemException, instance: str | None = None) -> JSONResponse:
+    """The JSON response for ``problem``."""
+    body: dict[str, Any] = {"type": problem.type, "title": problem.title, "status": problem.status}
+    if problem.detail:
+        body["detail"] = problem.detail
+    if instance:
+        body["instance"] = instance
+    if problem.errors is not None:
+        body["errors"] = problem.errors
+    body.update(problem.extra)
+    return JSONResponse(body, status_code=problem.status, headers=problem.headers, media_type=MEDIA_TYPE)
+
+
+def validation_errors(errors: Any) -> list[dict[str, Any]]:
+    """Pydantic errors as RFC 9457 ``errors`` members: a JSON pointer (or parameter name) and a message.
+
+    The offending input is never echoed back: it may be personal data.
+    """
+    out: list[dict[str, Any]] = []
+    for error in errors:
+        loc = [str(part) for part in error.get("loc", ())]
+        where = loc[0] if loc else "body"
+        member: dict[str, Any] = {"detail": error.get("msg", "invalid"), "code": error.get("type", "invalid")}
+        if where == "body":
+            member["pointer"] = "#/" + "/".join(loc[1:]) if len(loc) > 1 else "#"
+        elif where == "header":
+            member["header"] = loc[1] if len(loc) > 1 else ""
+        else:
+            member["parameter"] = loc[-1] if loc else ""
+            member["in"] = where
+        out.append(member)
+    return out
+
+
+def install(app: FastAPI) -> None:
+    """Make every error of ``app`` a problem+json response."""
+
+    @app.exception_handler(ProblemException)
+    async def _problem(request: Request, exc: ProblemException) -> JSONResponse:
+        return problem_response(exc, request.url.path)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problem = ProblemException(
+            422,
+            "The request is not valid; see errors.",
+            kind="validation",
+            title="Validation failed",
+            errors=validation_errors(exc.errors()),
+        )
+        return problem_response(problem, request.url.path)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        problem = ProblemException(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+        return problem_response(problem, request.url.path)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        return problem_response(ProblemException(500, "An unexpected error occurred."), request.url.path)

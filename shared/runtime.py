@@ -1,0 +1,179 @@
+"""What every service is made of, assembled once: settings, metrics registry, broker, database, client directory,
+the FastAPI app with health, metrics and problem details, and the uvicorn server."""
+
+
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio.to_thread
+import uvicorn
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+
+from shared import db, problems, topics
+from shared.auth import ClientDirectory
+from shared.kafka import make_broker
+from shared.logs import configure_logging
+from shared.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+BackgroundTask = Callable[[], Awaitable[None]]
+
+
+class Service:
+    """The parts of one service process; each service's ``app.py`` builds one and adds its own pieces."""
+
+    def __init__(self, settings: ServiceSettings, *, migrations: Path) -> None:
+        self.settings = settings
+        self.name = settings.service_name
+        self.registry = CollectorRegistry()
+        self.broker, self.dead_letters = make_broker(settings.kafka, service=self.name, registry=self.registry)
+        self.engine = db.make_engine(settings.database_url)
+        self.migrations = migrations
+        self.clients = ClientDirectory()
+        self.clients.subscribe(self.broker)
+        self.topic_specs: list[topics.TopicSpec] = topics.standard_topics()
+        # Start-up jobs run before the broker connects (loading caches); background jobs run once it has.
+        self.on_start: list[BackgroundTask] = []
+        self.background: list[BackgroundTask] = []
+        self.broker_started = asyncio.Event()
+        self._up = Gauge("ozg_service_up", "1 while the service is connected to its broker", ["service"],
+                         registry=self.registry)
+
+    def migrate(self) -> None:
+        """Run this service's Alembic migrations to head."""
+        db.migrate(self.engine, self.migrations, self.name)
+
+    async def connect(self) -> None:
+        """Create the topics and start the broker, retrying until Kafka is reachable."""
+        delay = 0.5
+        while True:
+            try:
+                await topics.ensure_topics(self.settings.kafka, self.topic_specs)
+                await self.broker.start()
+            except Exception as exc:  # noqa: BLE001 - any failure to connect is retried
+                log.warning("broker not reachable, retrying", extra={"error": type(exc).__name__,
+                                                                       "retry_in_s": delay})
+                with contextlib.suppress(Exception):
+                    await self.broker.stop()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            self.broker_started.set()
+            self._up.labels(self.name).set(1)
+            log.info("connected to broker", extra={"bootstrap": self.settings.kafka.bootstrap_servers})
+            return
+
+    async def readiness(self) -> dict[str, bool]:
+        """Whether the broker and the database are reachable right now."""
+        broker_ok = self.broker_started.is_set() and await self.broker.ping(timeout=2.0)
+        db_ok = await anyio.to_thread.run_sync(db.ping, self.engine)
+        return {"broker": bool(broker_ok), "database": db_ok}
+
+    def create_app(
+        self,
+        *,
+        title: str,
+        description: str,
+        routers: Sequence[APIRouter],
+        migrate_on_start: bool = True,
+    ) -> FastAPI:
+        """The service's FastAPI app: its routers plus health, metrics, problem details and the broker lifespan."""
+
+        @contextlib.asynccontextmanager
+        async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+            if migrate_on_start:
+                await anyio.to_thread.run_sync(self.migrate)
+            for job in self.on_start:
+                await job()
+            tasks = [asyncio.create_task(self.connect(), name="connect")]
+            tasks += [asyncio.create_task(self._after_connect(job), name=job.__name__) for job in self.background]
+            try:
+                yield
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                await self.broker.stop()
+                self.engine.dispose()
+
+        app = FastAPI(title=title, description=description, version="0.1.0", lifespan=lifespan)
+        problems.install(app)
+        app.include_router(self._health_router())
+        for router in routers:
+            app.include_router(router)
+        return app
+
+    async def _after_connect(self, job: BackgroundTask) -> None:
+        await self.broker_started.wait()
+        await job()
+
+    def _health_router(self) -> APIRouter:
+        router = APIRouter(tags=["operations"])
+
+        @router.get("/health/live", summary="Liveness: the process is running")
+        async def live() -> dict[str, str]:
+            return {"status": "ok"}
+
+        @router.get(
+            "/health/ready",
+            summary="Readiness: broker and database are reachable",
+            responses={503: {"description": "Not ready", "content": {problems.MEDIA_TYPE: {}}}},
+        )
+        async def ready() -> JSONResponse:
+            checks = await self.readiness()
+            if all(checks.values()):
+                return JSONResponse({"status": "ready", "checks": checks})
+            failing = ", ".join(name for name, ok in checks.items() if not ok)
+            return problems.problem_response(
+                problems.ProblemException(503, f"Not ready: {failing} unreachable.", kind="not-ready",
+                                          extra={"checks": checks}, headers={"Retry-After": "5"}),
+                "/health/ready",
+            )
+
+        @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+        async def metrics() -> Response:
+            return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+        return router
+
+
+def serve(app: FastAPI, settings: ServiceSettings, **uvicorn_options: Any) -> None:
+    """Run ``app`` under uvicorn with the service's logging."""
+    configure_logging(settings.log_level, json=settings.log_json, service=settings.service_name)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False,
+                **uvicorn_options)
+
+
+def main(
+    build: Callable[[], tuple[Service, FastAPI]],
+    argv: Sequence[str],
+    extra: dict[str, Callable[[list[str]], int]] | None = None,
+) -> int:
+    """``python -m services.<name> [serve|migrate|...] [args]``; ``serve`` is the default command."""
+
+    def _serve(_args: list[str]) -> int:
+        service, app = build()
+        serve(app, service.settings)
+        return 0
+
+    def _migrate(_args: list[str]) -> int:
+        service, _ = build()
+        configure_logging(service.settings.log_level, json=service.settings.log_json, service=service.name)
+        service.migrate()
+        return 0
+
+    commands = {"serve": _serve, "migrate": _migrate, **(extra or {})}
+    args = list(argv)
+    name = args.pop(0) if args and not args[0].startswith("-") else "serve"
+    if name not in commands:
+        print(f"unknown command {name!r}; one of: {', '.join(sorted(commands))}", file=sys.stderr)
+        return 2
+    return commands[name](args)

@@ -1,0 +1,43 @@
+"""Settings base: one pydantic-settings class per service, plus the Kafka settings all services share."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class KafkaSettings(BaseSettings):
+    """How to reach the broker; read from ``OZG_KAFKA_*`` so one set of variables serves every service."""
+
+    model_config = SettingsConfigDict(env_prefix="OZG_KAFKA_", extra="ignore")
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    # Tansu rejects the idempotent producer; Apache Kafka (docker-compose, Kubernetes) should turn it on.
+    idempotence: bool = False
+    partitions: int = Field(default=3, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+    graceful_timeout_s: float = Field(default=10.0, gt=0)
+    request_timeout_ms: int = Field(default=10_000, ge=1000)
+    # How often consumers refresh metadata; short so pattern subscriptions see new topics quickly.
+    metadata_max_age_ms: int = Field(default=5_000, ge=500)
+    dlq_retries: int = Field(default=3, ge=0)
+    dlq_backoff_s: float = Field(default=0.2, ge=0)
+
+
+class ServiceSettings(BaseSettings):
+    """Base of each service's ``Settings``; subclasses set ``env_prefix`` (``INTAKE_``, ``ROUTING_``, ...)."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    service_name: str = "ozg"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    database_url: str = "sqlite:///./ozg.db"
+    log_level: str = "INFO"
+    log_json: bool = True
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+
+    @property
+    def consumer_group(self) -> str:
+        """The Kafka consumer group of this service: every replica shares it."""
+        return f"ozg-{self.service_name}"
