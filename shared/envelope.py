@@ -131,7 +131,7 @@ def parse_event(
         raise InvalidEvent(f"not a valid CloudEvent: {type(exc).__name__}") from None
     data = event.get_data()
     if not isinstance(data, dict):
-        raise InvalidEvent("event data must be a JSON object")
+        raise InvalidEvent("event data must be a JSON object (the value is not one, or not JSON at all)")
     time = event.get_time() or datetime.now(UTC)
     return Envelope(
         id=event.get_id(),

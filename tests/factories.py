@@ -34,7 +34,9 @@ def application_body(leika_key: str = WOHNSITZ, region: dict[str, str] | None = 
     }
 
 
-def submitted(leika_key: str = WOHNSITZ, region: dict[str, str] | None = None, **overrides: Any) -> ApplicationSubmitted:
+def submitted(
+    leika_key: str = WOHNSITZ, region: dict[str, str] | None = None, **overrides: Any
+) -> ApplicationSubmitted:
     """The data of a ``de.ozg.application.submitted.v1`` event."""
     body = application_body(leika_key, region)
     case_id = uuid.uuid4()

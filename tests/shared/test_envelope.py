@@ -1,0 +1,62 @@
+"""CloudEvents binary content mode: what producers write and what consumers accept."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from shared import events
+from shared.envelope import InvalidEvent, build_event, derived_event_id, parse_event
+from shared.events import CaseStatus, CaseStatusChanged
+from tests.factories import submitted
+
+
+def test_round_trip_in_binary_content_mode() -> None:
+    data = submitted()
+    event = build_event(event_type=events.SUBMITTED_V1, source="/ozg/intake", subject=str(data.case_id), data=data)
+    assert event.key == str(data.case_id).encode()
+    assert {"ce_specversion", "ce_id", "ce_source", "ce_type", "ce_time", "ce_subject", "content-type"} <= set(
+        event.headers
+    )
+    assert event.headers["ce_specversion"] == "1.0"
+    assert event.headers["content-type"] == "application/json"
+    envelope = parse_event([(k, v.encode()) for k, v in event.headers.items()], event.value, event.key)
+    assert (envelope.id, envelope.type, envelope.subject) == (event.event_id, events.SUBMITTED_V1, str(data.case_id))
+    assert envelope.data_as(events.ApplicationSubmitted) == data
+
+
+@pytest.mark.parametrize(
+    ("headers", "value", "message"),
+    [
+        ({}, b"{}", "missing CloudEvents headers"),
+        ({"ce_specversion": "0.3"}, b"{}", "unsupported specversion"),
+        ({"content-type": "text/plain"}, b"{}", "content-type must be"),
+        ({}, b"[1, 2]", "must be a JSON object"),
+        ({}, b"\xff\xfe", "not JSON at all"),
+        ({}, b"{broken", "not JSON at all"),
+    ],
+)
+def test_rejects_what_is_not_a_cloudevent(headers: dict[str, str], value: bytes, message: str) -> None:
+    base = build_event(event_type="t.v1", source="/s", subject="c",
+                       data=CaseStatusChanged(case_id=uuid.uuid4(), reference="r", status=CaseStatus.RECEIVED,
+                                              changed_at="2026-01-01T00:00:00Z")).headers  # type: ignore[arg-type]
+    merged = {} if message.startswith("missing") else {**base, **headers}
+    with pytest.raises(InvalidEvent, match=message):
+        parse_event([(k, v.encode()) for k, v in merged.items()], value)
+
+
+def test_schema_mismatch_names_fields_but_not_values() -> None:
+    event = build_event(event_type=events.SUBMITTED_V1, source="/s", subject="c", data=submitted())
+    envelope = parse_event([(k, v.encode()) for k, v in event.headers.items()], event.value)
+    broken = envelope.data | {"leika_key": "Erika"}
+    with pytest.raises(InvalidEvent) as error:
+        type(envelope)(**{**envelope.__dict__, "data": broken}).data_as(events.ApplicationSubmitted)
+    assert "leika_key" in str(error.value)
+    assert "Erika" not in str(error.value)
+
+
+def test_derived_event_ids_are_deterministic() -> None:
+    assert derived_event_id("a", "t") == derived_event_id("a", "t")
+    assert derived_event_id("a", "t") != derived_event_id("b", "t")
+    assert derived_event_id("a", "t") != derived_event_id("a", "u")
