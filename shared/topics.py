@@ -50,6 +50,12 @@ class TopicSpec:
     config: dict[str, str] = field(default_factory=dict)
 
 
+def destination_topic_specs(destination_id: UUID | str) -> list[TopicSpec]:
+    """A destination's topic and its dead-letter twin (audit consumes destination topics too)."""
+    name = destination_topic(destination_id)
+    return [TopicSpec(name), TopicSpec(dlq_topic(name))]
+
+
 def standard_topics() -> list[TopicSpec]:
     """All fixed topics of SPEC §3 with their dead-letter topics."""
     specs = [TopicSpec(name, compacted=(name == CLIENTS)) for name in CONSUMED]

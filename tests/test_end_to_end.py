@@ -77,7 +77,7 @@ def test_application_flows_from_portal_to_audit_trail(stack: tuple[LocalStack, d
             return found if len(found) >= 2 else []
 
         messages = poll(mails)
-        assert {m["To"] for m in messages} == {"erika.mustermann@example.org"}
+        assert {m["To"].addresses[0].addr_spec for m in messages} == {"erika.mustermann@example.org"}
         service_name = catalogue.load()[body["leika_key"]].name.de
         assert any(service_name in m.get_body().get_content() for m in messages)  # type: ignore[union-attr]
 

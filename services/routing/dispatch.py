@@ -32,7 +32,6 @@ class Outcome:
 
     publish: list[tuple[str, OutgoingEvent]]
     case: RoutedCase
-    destination_topic: str | None
 
 
 def _region(gemeinde_ars: str, gemeinde_ags: str, name: str) -> ResolvedRegion:
@@ -52,7 +51,7 @@ def unroutable(
                         data=data, event_id=derived_event_id(cause_id, events.UNROUTABLE_V1))
     case = RoutedCase(case_id=application.case_id, reference=application.reference,
                       leika_key=application.leika_key, status=CaseStatus.UNROUTABLE, reason=reason)
-    return Outcome([(topics.UNROUTABLE, event)], case, None)
+    return Outcome([(topics.UNROUTABLE, event)], case)
 
 
 def decide(
@@ -87,15 +86,17 @@ def decide(
                                        destination_id=destination.destination_id, routing=routed,
                                        application=application)
     subject = str(application.case_id)
-    destination_topic = topics.destination_topic(destination.destination_id)
+
+    def event(event_type: str, data: ApplicationRouted | ApplicationDispatched) -> OutgoingEvent:
+        return build_event(event_type=event_type, source=SOURCE, subject=subject, data=data,
+                           event_id=derived_event_id(cause_id, event_type))
+
     publish = [
-        (topics.ROUTED, build_event(event_type=events.ROUTED_V1, source=SOURCE, subject=subject, data=routed,
-                                    event_id=derived_event_id(cause_id, events.ROUTED_V1))),
-        (destination_topic, build_event(event_type=events.DISPATCHED_V1, source=SOURCE, subject=subject,
-                                        data=dispatched, event_id=derived_event_id(cause_id, events.DISPATCHED_V1))),
+        (topics.ROUTED, event(events.ROUTED_V1, routed)),
+        (topics.destination_topic(destination.destination_id), event(events.DISPATCHED_V1, dispatched)),
     ]
     case = RoutedCase(case_id=application.case_id, reference=application.reference,
                       leika_key=application.leika_key, status=CaseStatus.ROUTED,
                       destination_id=destination.destination_id, authority_ars=decision.authority.ars,
                       rule=decision.rule)
-    return Outcome(publish, case, destination_topic)
+    return Outcome(publish, case)

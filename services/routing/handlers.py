@@ -31,8 +31,8 @@ def register(
         if await anyio.to_thread.run_sync(state.store.already_processed, envelope.id):
             return
         outcome = decide(envelope.id, application, state.directory, state.destinations_for)
-        if outcome.destination_topic is not None:
-            await state.ensure_topic(kafka, outcome.destination_topic)
+        if outcome.case.destination_id is not None:
+            await state.ensure_topic(kafka, outcome.case.destination_id)
         # Published before the decision is recorded: a crash in between re-publishes the same event ids,
         # which every consumer drops as duplicates.
         await publish_all(broker, outcome.publish)

@@ -11,7 +11,7 @@ from services.routing.directory import Directory
 from services.routing.models import Destination
 from services.routing.store import RoutingStore
 from shared.settings import KafkaSettings
-from shared.topics import TopicSpec, ensure_topics
+from shared.topics import destination_topic_specs, ensure_topics
 
 
 class RoutingState:
@@ -21,7 +21,7 @@ class RoutingState:
         self.store = store
         self.directory = directory
         self._by_authority: dict[str, list[Destination]] = {}
-        self._topics: set[str] = set()
+        self._topics: set[uuid.UUID] = set()
 
     def destinations_for(self, authority_ars: str, leika_key: str) -> list[Destination]:
         """The destinations of an authority serving ``leika_key``, oldest registration first."""
@@ -34,11 +34,11 @@ class RoutingState:
             index[destination.authority_ars].append(destination)
         self._by_authority = dict(index)
 
-    async def ensure_topic(self, kafka: KafkaSettings, topic: str) -> None:
-        """Create a destination's topic on first use (the broker's auto-creation is never relied on)."""
-        if topic not in self._topics:
-            await ensure_topics(kafka, [TopicSpec(topic)])
-            self._topics.add(topic)
+    async def ensure_topic(self, kafka: KafkaSettings, destination_id: uuid.UUID) -> None:
+        """Create a destination's topics on first use (the broker's auto-creation is never relied on)."""
+        if destination_id not in self._topics:
+            await ensure_topics(kafka, destination_topic_specs(destination_id))
+            self._topics.add(destination_id)
 
     def seed_demo_destinations(self, path: Path) -> None:
         """Register the demo back offices of ``make run`` (idempotent) and reload the index."""

@@ -1,0 +1,9 @@
+"""``python -m services.audit [serve|migrate|verify]``."""
+
+import sys
+
+from services.audit.app import build, verify_command
+from shared.runtime import main
+
+if __name__ == "__main__":
+    sys.exit(main(build, sys.argv[1:], extra={"verify": verify_command}))

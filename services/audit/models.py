@@ -1,0 +1,94 @@
+"""Audit's table and API schemas.
+
+The table holds no event data, only its SHA-256 and a few non-personal query fields (SPEC §7).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import cast
+from uuid import UUID
+
+from pydantic import BaseModel
+from pydantic import Field as PydanticField
+from sqlalchemy import BigInteger, Column, Index, Integer, Table, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+GENESIS_HASH = "0" * 64
+
+
+class AuditEntry(SQLModel, table=True):
+    """One link of the hash chain: an event's identity, position on Kafka and digest, never its data."""
+
+    __tablename__ = "audit_entries"
+    __table_args__ = (
+        UniqueConstraint("event_id", name="uq_audit_entries_event_id"),
+        Index("ix_audit_entries_subject", "subject", "seq"),
+    )
+
+    seq: int = Field(
+        sa_column=Column(
+            "seq", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=False
+        )
+    )
+    event_id: str = Field(max_length=200)
+    event_type: str = Field(max_length=200)
+    source: str = Field(max_length=500)
+    subject: str | None = Field(default=None, max_length=200)
+    event_time: datetime
+    recorded_at: datetime
+    topic: str = Field(max_length=249)
+    partition: int = Field(sa_column=Column("partition", Integer(), nullable=False))
+    offset: int = Field(sa_column=Column("offset", BigInteger(), nullable=False))
+    data_sha256: str = Field(max_length=64)
+    status: str | None = Field(default=None, max_length=32)
+    destination_id: UUID | None = None
+    reason: str | None = Field(default=None, max_length=64)
+    prev_hash: str = Field(max_length=64)
+    hash: str = Field(max_length=64)
+
+
+# The Core table: appends and verification bypass the ORM, which would cost more than the hashing itself.
+ENTRIES = cast(Table, AuditEntry.__table__)  # type: ignore[attr-defined]
+
+
+class TrailEntry(BaseModel):
+    """An entry as an auditor sees it: every field that ``hash`` covers, so it can be recomputed."""
+
+    seq: int = PydanticField(description="Position in the chain, 1, 2, 3, … without gaps")
+    event_id: str = PydanticField(description="The CloudEvents id (ce_id)")
+    event_type: str = PydanticField(description="The CloudEvents type (ce_type)")
+    source: str = PydanticField(description="The CloudEvents source (ce_source)")
+    subject: str | None = PydanticField(description="The CloudEvents subject (ce_subject): the case id")
+    event_time: datetime = PydanticField(description="The CloudEvents time (ce_time)")
+    recorded_at: datetime = PydanticField(description="When audit appended the entry")
+    topic: str
+    partition: int
+    offset: int
+    data_sha256: str = PydanticField(description="SHA-256 (hex) of the Kafka record's value bytes")
+    status: str | None = PydanticField(description="Case status the event carries or implies")
+    destination_id: UUID | None
+    reason: str | None = PydanticField(description="Why a case was unroutable")
+    prev_hash: str = PydanticField(description="hash of entry seq-1; 64 zeros for the first entry")
+    hash: str = PydanticField(
+        description="SHA-256 (hex) of the JSON object of all other fields: keys sorted, no whitespace, non-ASCII as "
+        "\\uXXXX escapes, times as ISO-8601 UTC with microseconds (2026-01-31T12:00:00.000000+00:00), "
+        "UUIDs as lower-case strings"
+    )
+
+
+class CaseTrail(BaseModel):
+    """Every audit entry of one case, in chain order."""
+
+    case_id: UUID
+    entries: list[TrailEntry]
+
+
+class VerifyReport(BaseModel):
+    """The result of recomputing the whole chain."""
+
+    intact: bool
+    length: int = PydanticField(description="Number of entries in the chain")
+    head_hash: str = PydanticField(description="hash of the last entry (64 zeros for an empty chain)")
+    first_bad_seq: int | None = PydanticField(description="The first entry found broken, or null")
+    problem: str | None = PydanticField(description="What is wrong with that entry, or null")

@@ -1,0 +1,9 @@
+"""``python -m services.notify [serve|migrate]``."""
+
+import sys
+
+from services.notify.app import build
+from shared.runtime import main
+
+if __name__ == "__main__":
+    sys.exit(main(build, sys.argv[1:]))

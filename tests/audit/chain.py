@@ -1,0 +1,47 @@
+"""Helpers for the audit tests: entries to append, and an intruder's tools."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, text
+
+from services.audit.store import AuditStore, NewEntry
+from shared import events, topics
+
+
+def new_entry(subject: str | None = None, **overrides: Any) -> NewEntry:
+    """A plausible entry of a routed event; ``overrides`` replace any field."""
+    fields: dict[str, Any] = {
+        "event_id": str(uuid.uuid4()),
+        "event_type": events.ROUTED_V1,
+        "source": "/ozg/routing",
+        "subject": subject or str(uuid.uuid4()),
+        "event_time": datetime.now(UTC),
+        "topic": topics.ROUTED,
+        "partition": 1,
+        "offset": 42,
+        "data_sha256": "a" * 64,
+        "status": "routed",
+        "destination_id": uuid.uuid4(),
+        "reason": None,
+    }
+    fields.update(overrides)
+    return NewEntry(**fields)
+
+
+def drop_guards(engine: Engine) -> None:
+    """Remove the append-only triggers, as an intruder with DDL rights could."""
+    with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            connection.execute(text("DROP TRIGGER audit_entries_append_only ON audit_entries"))
+        else:
+            connection.execute(text("DROP TRIGGER audit_entries_no_update"))
+            connection.execute(text("DROP TRIGGER audit_entries_no_delete"))
+
+
+def fill(store: AuditStore, count: int) -> list[dict[str, Any]]:
+    """Append ``count`` fresh entries; returns the rows as appended."""
+    return store.append_many([new_entry() for _ in range(count)])

@@ -1,0 +1,191 @@
+"""The audit service against the real broker: trails, verification, authentication, redelivery, poison messages.
+
+The broker is shared by the whole session and the consumer group reads from the earliest offset, so the chain
+holds other tests' events too: every assertion looks at this test's own case ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from services.audit.app import build
+from services.audit.settings import Settings
+from services.audit.store import canonical_fields, entry_hash
+from shared import events, topics
+from shared.envelope import OutgoingEvent, build_event
+from shared.events import (
+    ApplicationDispatched,
+    ApplicationRouted,
+    ApplicationSubmitted,
+    Authority,
+    AuthorityLevel,
+    ClientKind,
+    ResolvedRegion,
+)
+from shared.settings import KafkaSettings
+from shared.topics import TopicSpec, ensure_topics
+from tests.factories import submitted
+from tests.support import consume, issue_key, produce, running, wait_until
+
+# The first events wait for the consumer group to form and, for a new topic, for the next metadata refresh.
+ARRIVAL_S = 60
+
+
+@pytest.fixture
+def settings(database_url: str, kafka_settings: KafkaSettings) -> Settings:
+    return Settings(database_url=database_url, kafka=kafka_settings)
+
+
+@pytest.fixture
+def sqlite_settings(tmp_path: Path, kafka_settings: KafkaSettings) -> Settings:
+    return Settings(database_url=f"sqlite:///{tmp_path / 'audit.db'}", kafka=kafka_settings)
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def submitted_event(data: ApplicationSubmitted | None = None) -> OutgoingEvent:
+    data = data or submitted()
+    return build_event(event_type=events.SUBMITTED_V1, source="/ozg/intake", subject=str(data.case_id), data=data)
+
+
+def dispatched_event(data: ApplicationSubmitted, destination_id: uuid.UUID) -> OutgoingEvent:
+    routed = ApplicationRouted(
+        case_id=data.case_id, reference=data.reference, leika_key=data.leika_key,
+        region=ResolvedRegion(ars="092730137137", ags="09273137", name="Kelheim, St"),
+        authority=Authority(ars="092730137137", name="Kelheim, St", level=AuthorityLevel.GEMEINDE),
+        rule="default:gemeinde", destination_id=destination_id, destination_name="Stadt Kelheim",
+    )
+    dispatched = ApplicationDispatched(case_id=data.case_id, reference=data.reference,
+                                       destination_id=destination_id, routing=routed, application=data)
+    return build_event(event_type=events.DISPATCHED_V1, source="/ozg/routing", subject=str(data.case_id),
+                       data=dispatched)
+
+
+async def send(kafka_settings: KafkaSettings, topic: str, event: OutgoingEvent) -> None:
+    await produce(kafka_settings, topic, event.value, event.headers, event.key)
+
+
+async def trail_of(client: httpx.AsyncClient, key: str, case_id: str, count: int) -> list[dict[str, Any]] | None:
+    """The case's trail once it has at least ``count`` entries, else None."""
+    response = await client.get(f"/v1/cases/{case_id}/trail", headers=bearer(key))
+    if response.status_code != 200:
+        return None
+    entries: list[dict[str, Any]] = response.json()["entries"]
+    return entries if len(entries) >= count else None
+
+
+async def test_trail_and_verify_over_the_broker(settings: Settings, kafka_settings: KafkaSettings) -> None:
+    service, app = build(settings)
+    async with running(service, app) as client:
+        _, auditor = await issue_key(kafka_settings, ClientKind.AUDITOR, service=service)
+        _, portal = await issue_key(kafka_settings, ClientKind.PORTAL, service=service)
+        data = submitted()
+        case_id = str(data.case_id)
+
+        first = submitted_event(data)
+        await send(kafka_settings, topics.SUBMITTED, first)
+        await wait_until(lambda: trail_of(client, auditor, case_id, 1), timeout_s=ARRIVAL_S)
+
+        # A destination topic created after the consumer started joins the pattern subscription by itself.
+        destination_id = uuid.uuid4()
+        destination_topic = topics.destination_topic(destination_id)
+        await ensure_topics(kafka_settings, [TopicSpec(destination_topic)])
+        second = dispatched_event(data, destination_id)
+        await send(kafka_settings, destination_topic, second)
+        entries = await wait_until(lambda: trail_of(client, auditor, case_id, 2), timeout_s=ARRIVAL_S)
+
+        assert len(entries) == 2
+        assert entries[0]["seq"] < entries[1]["seq"]
+        assert [e["event_id"] for e in entries] == [first.event_id, second.event_id]
+        assert [e["event_type"] for e in entries] == [events.SUBMITTED_V1, events.DISPATCHED_V1]
+        assert [e["topic"] for e in entries] == [topics.SUBMITTED, destination_topic]
+        assert [e["status"] for e in entries] == ["submitted", None]
+        assert entries[1]["destination_id"] == str(destination_id)
+        assert [e["data_sha256"] for e in entries] == [hashlib.sha256(first.value).hexdigest(),
+                                                       hashlib.sha256(second.value).hexdigest()]
+        for entry in entries:
+            assert entry["subject"] == case_id
+            # Every proof field is there: an auditor recomputes each hash from the trail alone.
+            fields = {**entry, "event_time": datetime.fromisoformat(entry["event_time"]),
+                      "recorded_at": datetime.fromisoformat(entry["recorded_at"])}
+            assert entry_hash(canonical_fields(fields)) == entry["hash"]
+        # Digests only: nothing of the application itself is kept.
+        trail_text = (await client.get(f"/v1/cases/{case_id}/trail", headers=bearer(auditor))).text
+        assert data.applicant.name not in trail_text
+        assert data.reference not in trail_text
+
+        verified = await client.get("/v1/verify", headers=bearer(auditor))
+        assert verified.status_code == 200
+        report = verified.json()
+        assert report["intact"] is True
+        assert report["length"] >= 2
+        assert report["first_bad_seq"] is None
+        assert report["problem"] is None
+        assert len(report["head_hash"]) == 64
+
+        # Authentication and authorisation, as problem details.
+        for path in (f"/v1/cases/{case_id}/trail", "/v1/verify"):
+            anonymous = await client.get(path)
+            assert anonymous.status_code == 401
+            assert anonymous.headers["content-type"] == "application/problem+json"
+            forbidden = await client.get(path, headers=bearer(portal))
+            assert forbidden.status_code == 403
+            assert forbidden.headers["content-type"] == "application/problem+json"
+        unknown = await client.get(f"/v1/cases/{uuid.uuid4()}/trail", headers=bearer(auditor))
+        assert unknown.status_code == 404
+        assert unknown.json()["type"] == "urn:ozg:problem:not-found"
+        malformed = await client.get("/v1/cases/not-a-case/trail", headers=bearer(auditor))
+        assert malformed.status_code == 422
+
+        metrics = (await client.get("/metrics")).text
+        assert f'ozg_audit_entries_total{{type="{events.SUBMITTED_V1}"}}' in metrics
+        assert "ozg_audit_chain_intact 1.0" in metrics
+
+
+async def test_redelivered_event_is_recorded_once(sqlite_settings: Settings, kafka_settings: KafkaSettings) -> None:
+    service, app = build(sqlite_settings)
+    async with running(service, app) as client:
+        _, auditor = await issue_key(kafka_settings, ClientKind.AUDITOR, service=service)
+        data = submitted()
+        event = submitted_event(data)
+        # Same key, same partition: when the marker is in, both deliveries before it were handled.
+        marker = submitted_event(data)
+        for record in (event, event, marker):
+            await send(kafka_settings, topics.SUBMITTED, record)
+        entries = await wait_until(lambda: trail_of(client, auditor, str(data.case_id), 2), timeout_s=ARRIVAL_S)
+        assert [e["event_id"] for e in entries] == [event.event_id, marker.event_id]
+
+
+async def test_poison_record_is_dead_lettered_and_consumption_goes_on(
+    sqlite_settings: Settings, kafka_settings: KafkaSettings
+) -> None:
+    service, app = build(sqlite_settings)
+    async with running(service, app) as client:
+        _, auditor = await issue_key(kafka_settings, ClientKind.AUDITOR, service=service)
+        data = submitted()
+        key = str(data.case_id).encode()
+        await produce(kafka_settings, topics.SUBMITTED, b"this is not a CloudEvent", {}, key)
+        later = submitted_event(data)
+        await send(kafka_settings, topics.SUBMITTED, later)
+
+        dead = await consume(
+            kafka_settings, topics.dlq_topic(topics.SUBMITTED), 1, timeout_s=ARRIVAL_S,
+            predicate=lambda r: r.key == key and dict(r.headers).get("x-ozg-dlq-consumer") == b"audit",
+        )
+        headers = dict(dead[0].headers)
+        assert dead[0].value == b"this is not a CloudEvent"
+        assert headers["x-ozg-dlq-error"] == b"InvalidEvent"
+        assert headers["x-ozg-dlq-topic"] == topics.SUBMITTED.encode()
+
+        entries = await wait_until(lambda: trail_of(client, auditor, str(data.case_id), 1), timeout_s=ARRIVAL_S)
+        assert [e["event_id"] for e in entries] == [later.event_id]
+        assert (await client.get("/v1/verify", headers=bearer(auditor))).json()["intact"] is True

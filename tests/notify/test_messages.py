@@ -1,0 +1,90 @@
+"""The message templates and the e-mail built from them, for every status and both languages."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from deploy.local.broker import free_port
+from services.notify.channels import EmailChannel
+from services.notify.handlers import ANNOUNCED_STATUSES
+from services.notify.messages import Renderer, service_name
+from services.notify.models import Contact
+from services.notify.settings import Settings
+from shared.events import CaseStatus, Outcome, ReplyChannel
+
+REFERENCE = "OZG-2026-8F3K-2QXD"
+STATUS_URL = "http://127.0.0.1:8001/v1/applications/0190c4a4-0000-7000-8000-000000000000"
+
+
+def context(**extra: object) -> dict[str, object]:
+    return {
+        "name": "Erika Mustermann", "reference": REFERENCE, "service": "Wohngeld (Mietzuschuss)",
+        "authority": None, "status_url": STATUS_URL, "status": None, "outcome": None, "message": None,
+        "problems": [], **extra,
+    }
+
+
+def test_service_names_come_from_the_catalogue() -> None:
+    assert service_name("99107023037000", "de") == "Wohngeld (Mietzuschuss)"
+    assert service_name("99107023037000", "en") == "Housing benefit (Wohngeld)"
+    assert service_name("99999999999999", "de") == "99999999999999"
+
+
+@pytest.mark.parametrize("language", ["de", "en"])
+@pytest.mark.parametrize("status", sorted(ANNOUNCED_STATUSES))
+def test_every_announced_status_renders(language: str, status: CaseStatus) -> None:
+    message = Renderer().render("status-changed", language, context(status=status.value))
+    assert REFERENCE in message.subject
+    assert "\n" not in message.subject
+    assert REFERENCE in message.body
+    assert STATUS_URL in message.body
+    assert ("Guten Tag" if language == "de" else "Dear") in message.body
+
+
+@pytest.mark.parametrize("template", ["submitted", "routed", "unroutable"])
+@pytest.mark.parametrize("language", ["de", "en"])
+def test_case_event_templates_render(template: str, language: str) -> None:
+    message = Renderer().render(template, language, context(authority="Stadt Wiesbaden"))
+    assert REFERENCE in message.subject
+    assert "Wohngeld (Mietzuschuss)" in message.body
+    assert STATUS_URL in message.body
+    if template == "routed":
+        assert "Stadt Wiesbaden" in message.body
+
+
+def test_decision_names_outcome_message_and_authority() -> None:
+    message = Renderer().render(
+        "status-changed", "de",
+        context(status="decided", outcome=Outcome.PARTIALLY_APPROVED.value, message="Bescheid folgt.",
+                authority="Landratsamt Kelheim"),
+    )
+    assert "teilweise bewilligt" in message.body
+    assert "Bescheid folgt." in message.body
+    assert "Landratsamt Kelheim" in message.body
+
+
+def test_rejection_lists_the_problems_in_english() -> None:
+    message = Renderer().render("status-changed", "en", context(status="rejected", problems=["Signature missing"]))
+    assert "could not accept" in message.body
+    assert "  - Signature missing" in message.body
+
+
+def test_unknown_language_falls_back_to_german() -> None:
+    message = Renderer().render("submitted", "fr", context())
+    assert message.language == "de"
+    assert message.subject.startswith("Eingangsbestätigung")
+
+
+async def test_a_line_break_in_a_name_is_not_sent() -> None:
+    """Header injection is refused before any connection is made, and reported without the input."""
+    contact = Contact(case_id=uuid.uuid4(), reference=REFERENCE, leika_key="99107023037000", language="de",
+                      reply_channel=ReplyChannel.EMAIL, name="Erika\r\nBcc: victim@example.org",
+                      email="erika@example.org")
+    channel = EmailChannel(Settings(smtp_port=free_port()))
+    message = Renderer().render("submitted", "de", context())
+    delivery = await channel.deliver(contact, message)
+    assert not delivery.ok
+    assert delivery.attempts == 0
+    assert delivery.error == "invalid message: ValueError"
