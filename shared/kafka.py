@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -66,10 +67,23 @@ async def publish(broker: KafkaBroker, topic: str, event: OutgoingEvent) -> None
     await broker.publish(event.value, topic, key=event.key, headers=event.headers)
 
 
+# Topics each broker connection has published to. Tansu 0.6 answers NotLeaderForPartition (until the request
+# times out) when a topic's first records share a produce request with another topic's, so they go alone.
+_warm_topics: weakref.WeakKeyDictionary[KafkaBroker, set[str]] = weakref.WeakKeyDictionary()
+
+
 async def publish_all(broker: KafkaBroker, batch: Sequence[tuple[str, OutgoingEvent]]) -> None:
     """Publish several events concurrently and wait for every acknowledgement; any failure raises."""
+    known = _warm_topics.setdefault(broker, set())
+    warm: list[tuple[str, OutgoingEvent]] = []
+    for topic, event in batch:
+        if topic in known:
+            warm.append((topic, event))
+        else:
+            await publish(broker, topic, event)
+            known.add(topic)
     futures = [
         await broker.publish(event.value, topic, key=event.key, headers=event.headers, no_confirm=True)
-        for topic, event in batch
+        for topic, event in warm
     ]
     await asyncio.gather(*futures)

@@ -28,7 +28,9 @@ def first_application() -> dict[str, object]:
             "reply_channel": "email",
             "language": "de",
         },
-        "form": examples[EXAMPLE_SERVICE],
+        # The catalogue's example moves to Regensburg; the demo moves to Kelheim, where it is routed.
+        "form": {**examples[EXAMPLE_SERVICE], "new_address": {"street": "Donaustraße", "house_number": "12",
+                                                              "postal_code": "93309", "city": "Kelheim"}},
     }
 
 
