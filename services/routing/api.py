@@ -1,16 +1,36 @@
 """Routing's HTTP API (SPEC §5 routing)."""
 
 from typing import Annotated, Any
+from uuid import UUID
 
-from fastapi import APIRouter, Query
+import anyio.to_thread
+from fastapi import APIRouter, Depends, Query, Response
 from pydantic import ValidationError
 
-from services.routing.competence import NoCompetenceRule, competent_authority
-from services.routing.directory import AmbiguousPostalCode, UnknownRegion
-from services.routing.models import DestinationPublic, RouteAnswer
+from services.routing.competence import NoCompetenceRule
+from services.routing.directory import AmbiguousPostalCode, Directory, UnknownRegion
+from services.routing.dispatch import MANUAL_RULE, authority_for, routed_outcome
+from services.routing.models import (
+    ClearingEntry,
+    ClearingList,
+    Destination,
+    DestinationChannels,
+    DestinationIn,
+    DestinationOut,
+    DestinationPublic,
+    KafkaChannel,
+    ManualRouting,
+    ManualRoutingDone,
+    RouteAnswer,
+    WebhookOut,
+)
 from services.routing.registry import RoutingState
-from shared.events import Region, ResolvedRegion
+from shared import topics
+from shared.auth import require
+from shared.events import ApplicationSubmitted, CaseStatus, Region, ResolvedRegion
+from shared.kafka import publish_all
 from shared.problems import ProblemException, validation_errors
+from shared.runtime import Service
 
 PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
 
@@ -46,7 +66,7 @@ def create_router(state: RoutingState) -> APIRouter:
             raise ProblemException(409, f"{exc}; name the place to decide.", kind="ambiguous-postal-code",
                                    extra={"candidates": candidates}) from None
         try:
-            decision = competent_authority(state.directory, gemeinde, leika_key)
+            decision = state.rules.decide(state.directory, gemeinde, leika_key)
         except NoCompetenceRule as exc:
             raise ProblemException(404, str(exc), kind="no-competence-rule") from None
         return RouteAnswer(
@@ -55,9 +75,138 @@ def create_router(state: RoutingState) -> APIRouter:
             authority=decision.authority,
             rule=decision.rule,
             destinations=[
-                DestinationPublic(destination_id=d.destination_id, name=d.name, channels=["kafka"])
+                DestinationPublic(destination_id=d.destination_id, name=d.name, channels=d.channels)
                 for d in state.destinations_for(decision.authority.ars, leika_key)
             ],
         )
 
     return router
+
+
+def _destination_out(destination: Destination) -> DestinationOut:
+    webhook = WebhookOut(url=destination.webhook_url) if destination.webhook_url else None
+    return DestinationOut(
+        destination_id=destination.destination_id, name=destination.name,
+        authority_ars=destination.authority_ars, leika_keys=list(destination.leika_keys),
+        channels=DestinationChannels(kafka=KafkaChannel(topic=topics.destination_topic(destination.destination_id)),
+                                     webhook=webhook),
+        created_at=destination.created_at, updated_at=destination.updated_at,
+    )
+
+
+def create_operator_router(service: Service, state: RoutingState) -> APIRouter:
+    """The operator's routes: the destination registry and clearing."""
+    router = APIRouter(prefix="/v1")
+    can_write = Depends(require(service.clients, "destinations:write"))
+    can_read = Depends(require(service.clients, "destinations:read"))
+    can_clear = Depends(require(service.clients, "clearing"))
+    store = state.store
+
+    @router.put("/destinations/{destination_id}", tags=["destinations"], dependencies=[can_write],
+                summary="Register or replace a destination (back office)", response_model=DestinationOut,
+                responses={200: {"description": "Replaced"}, 201: {"description": "Registered"},
+                           401: PROBLEM, 403: PROBLEM, 422: PROBLEM, 503: PROBLEM})
+    async def put_destination(destination_id: UUID, body: DestinationIn, response: Response) -> DestinationOut:
+        """Creates the destination's Kafka topic (and its dead-letter twin) before registering it."""
+        existing = await anyio.to_thread.run_sync(store.destination, destination_id)
+        secret = None
+        if body.webhook is not None:
+            secret = body.webhook.secret or (existing.webhook_secret if existing is not None else None)
+            if secret is None:
+                raise ProblemException(422, "A new webhook needs a secret.", kind="validation",
+                                       title="Validation failed",
+                                       errors=[{"pointer": "#/webhook/secret", "detail": "required"}])
+        try:
+            await state.ensure_topic(service.settings.kafka, destination_id)
+        except Exception as exc:
+            raise ProblemException(503, "The broker is not reachable; try again.", kind="unavailable",
+                                   headers={"Retry-After": "5"}) from exc
+        destination = Destination(
+            destination_id=destination_id, name=body.name, authority_ars=body.authority_ars,
+            leika_keys=sorted(set(body.leika_keys)),
+            webhook_url=str(body.webhook.url) if body.webhook is not None else None, webhook_secret=secret,
+        )
+        await anyio.to_thread.run_sync(store.upsert_destination, destination)
+        await anyio.to_thread.run_sync(state.refresh)
+        saved = await anyio.to_thread.run_sync(store.destination, destination_id)
+        assert saved is not None
+        response.status_code = 200 if existing is not None else 201
+        return _destination_out(saved)
+
+    @router.get("/destinations/{destination_id}", tags=["destinations"], dependencies=[can_read],
+                summary="A registered destination", responses={401: PROBLEM, 403: PROBLEM, 404: PROBLEM})
+    async def get_destination(destination_id: UUID) -> DestinationOut:
+        destination = await anyio.to_thread.run_sync(store.destination, destination_id)
+        if destination is None:
+            raise ProblemException(404, "No destination with this id.", kind="unknown-destination")
+        return _destination_out(destination)
+
+    @router.delete("/destinations/{destination_id}", tags=["destinations"], dependencies=[can_write],
+                   status_code=204, summary="Remove a destination (its topic stays)",
+                   responses={401: PROBLEM, 403: PROBLEM, 404: PROBLEM})
+    async def delete_destination(destination_id: UUID) -> Response:
+        if not await anyio.to_thread.run_sync(store.delete_destination, destination_id):
+            raise ProblemException(404, "No destination with this id.", kind="unknown-destination")
+        await anyio.to_thread.run_sync(state.refresh)
+        return Response(status_code=204)
+
+    @router.get("/clearing", tags=["clearing"], dependencies=[can_clear],
+                summary="Unroutable cases waiting for an operator (no personal data)",
+                responses={401: PROBLEM, 403: PROBLEM})
+    async def list_clearing(
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100, offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> ClearingList:
+        cases = await anyio.to_thread.run_sync(store.clearing_cases, limit, offset)
+        return ClearingList(cases=[
+            ClearingEntry(case_id=c.case_id, reference=c.reference, leika_key=c.leika_key, reason=c.reason,
+                          detail=c.detail, waiting_since=c.created_at)
+            for c in cases
+        ])
+
+    @router.post("/clearing/{case_id}", tags=["clearing"], dependencies=[can_clear],
+                 summary="Route an unroutable case by hand to a destination",
+                 responses={401: PROBLEM, 403: PROBLEM, 404: PROBLEM, 409: PROBLEM, 422: PROBLEM, 503: PROBLEM})
+    async def route_by_hand(case_id: UUID, body: ManualRouting) -> ManualRoutingDone:
+        """Publishes the routed event (``manual: true``) and dispatches the case to the destination's topic."""
+        waiting = await anyio.to_thread.run_sync(store.clearing_case, case_id)
+        if waiting is None:
+            known = await anyio.to_thread.run_sync(store.case, case_id)
+            if known is not None and known.status == CaseStatus.ROUTED:
+                raise ProblemException(409, "The case is already routed.", kind="already-routed")
+            raise ProblemException(404, "No case with this id waits in clearing.", kind="unknown-case")
+        destination = await anyio.to_thread.run_sync(store.destination, body.destination_id)
+        if destination is None:
+            raise ProblemException(422, "No destination with this id.", kind="validation", title="Validation failed",
+                                   errors=[{"pointer": "#/destination_id", "detail": "unknown destination"}])
+        application = ApplicationSubmitted.model_validate(waiting.application)
+        directory = state.directory
+        region = _manual_region(directory, body.region or application.region, destination.authority_ars)
+        authority = authority_for(directory, destination.authority_ars, destination.name)
+        outcome = routed_outcome(waiting.cause_event_id, application, region, authority, MANUAL_RULE, destination,
+                                 manual=True)
+        try:
+            await state.ensure_topic(service.settings.kafka, destination.destination_id)
+            await publish_all(service.broker, outcome.publish)
+        except Exception as exc:
+            raise ProblemException(503, "The broker is not reachable; the case stays in clearing.",
+                                   kind="unavailable", headers={"Retry-After": "5"}) from exc
+        await anyio.to_thread.run_sync(store.resolve_clearing, outcome.case)
+        return ManualRoutingDone(case_id=case_id, status=CaseStatus.ROUTED, destination_id=destination.destination_id,
+                                 authority=authority, rule=MANUAL_RULE)
+
+    return router
+
+
+def _manual_region(directory: Directory, region: Region, authority_ars: str) -> ResolvedRegion:
+    """The Gemeinde of a manually routed case: the region named, or the destination's own Gemeinde."""
+    try:
+        gemeinde = directory.resolve(region)
+    except (UnknownRegion, AmbiguousPostalCode) as exc:
+        fallback = directory.by_ars.get(authority_ars)
+        if fallback is None:
+            raise ProblemException(
+                422, f"{exc}; name the Gemeinde of the case in 'region'.", kind="validation",
+                title="Validation failed", errors=[{"pointer": "#/region", "detail": "needed to route this case"}],
+            ) from None
+        gemeinde = fallback
+    return ResolvedRegion(ars=gemeinde.ars, ags=gemeinde.ags, name=gemeinde.name)

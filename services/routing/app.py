@@ -21,19 +21,24 @@ def build(settings: Settings | None = None) -> tuple[Service, FastAPI]:
     """The routing service and its ASGI app."""
     settings = settings or Settings()
     service = Service(settings, migrations=MIGRATIONS)
-    state = RoutingState(RoutingStore(service.engine), Directory.from_json(settings.directory_file))
-    handlers.register(service.broker, state, settings.kafka, settings.consumer_group, service.registry)
+    # The directory is loaded at start-up: the imported one, or the fallback file while none is imported.
+    state = RoutingState(RoutingStore(service.engine), Directory(gebietsstand=""),
+                         fallback_directory=settings.directory_file, rules_dir=settings.rules_dir)
+    handlers.register(service, state, settings)
 
-    async def load_destinations() -> None:
+    async def load() -> None:
         if settings.demo_destinations:
             await anyio.to_thread.run_sync(state.seed_demo_destinations, settings.demo_destinations_file)
-        else:
-            await anyio.to_thread.run_sync(state.reload_destinations)
+        await anyio.to_thread.run_sync(state.refresh)
 
-    service.on_start.append(load_destinations)
+    async def poll_for_changes() -> None:
+        await state.poll(settings.poll_interval_s)
+
+    service.on_start.append(load)
+    service.background.append(poll_for_changes)
     app = service.create_app(
         title="OZG routing",
         description="Finds the competent authority for a service and a place and dispatches cases to it.",
-        routers=[api.create_router(state)],
+        routers=[api.create_router(state), api.create_operator_router(service, state)],
     )
     return service, app

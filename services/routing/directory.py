@@ -13,7 +13,7 @@ from pathlib import Path
 from shared.events import Region
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Land:
     """A Bundesland."""
 
@@ -21,7 +21,7 @@ class Land:
     name: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Kreis:
     """A Landkreis, Kreis or kreisfreie Stadt (5-digit key)."""
 
@@ -31,7 +31,7 @@ class Kreis:
     kreisfrei: bool
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Verband:
     """A Gemeindeverband (Verwaltungsgemeinschaft, Amt, Verbandsgemeinde, ...; 9-digit ARS)."""
 
@@ -40,7 +40,7 @@ class Verband:
     type: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Gemeinde:
     """A Gemeinde with both keys."""
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from services.routing.competence import NoCompetenceRule, competent_authority
-from services.routing.directory import AmbiguousPostalCode, Directory, UnknownRegion
-from services.routing.models import Destination, RoutedCase
+from services.routing.competence import CompetenceRules, NoCompetenceRule
+from services.routing.directory import AmbiguousPostalCode, Directory, Gemeinde, Kreis, Land, UnknownRegion, Verband
+from services.routing.models import ClearingCase, Destination, RoutedCase
 from shared import events, topics
 from shared.envelope import OutgoingEvent, build_event, derived_event_id
 from shared.events import (
@@ -15,6 +15,8 @@ from shared.events import (
     ApplicationRouted,
     ApplicationSubmitted,
     ApplicationUnroutable,
+    Authority,
+    AuthorityLevel,
     CaseStatus,
     ResolvedRegion,
     UnroutableReason,
@@ -32,6 +34,8 @@ class Outcome:
 
     publish: list[tuple[str, OutgoingEvent]]
     case: RoutedCase
+    # An unroutable case waits in clearing with its application (personal data, kept for routing's own use).
+    clearing: ClearingCase | None = None
 
 
 def _region(gemeinde_ars: str, gemeinde_ags: str, name: str) -> ResolvedRegion:
@@ -51,13 +55,17 @@ def unroutable(
                         data=data, event_id=derived_event_id(cause_id, events.UNROUTABLE_V1))
     case = RoutedCase(case_id=application.case_id, reference=application.reference,
                       leika_key=application.leika_key, status=CaseStatus.UNROUTABLE, reason=reason)
-    return Outcome([(topics.UNROUTABLE, event)], case)
+    clearing = ClearingCase(case_id=application.case_id, reference=application.reference,
+                            leika_key=application.leika_key, reason=reason, detail=detail[:500],
+                            cause_event_id=cause_id, application=application.model_dump(mode="json"))
+    return Outcome([(topics.UNROUTABLE, event)], case, clearing)
 
 
 def decide(
     cause_id: str,
     application: ApplicationSubmitted,
     directory: Directory,
+    rules: CompetenceRules,
     destinations_for: DestinationLookup,
 ) -> Outcome:
     """Route one application; ``cause_id`` (the submitted event's id) makes the output ids deterministic."""
@@ -69,27 +77,48 @@ def decide(
         candidates = [_region(g.ars, g.ags, g.name) for g in exc.candidates]
         return unroutable(cause_id, application, UnroutableReason.AMBIGUOUS_POSTAL_CODE, str(exc), candidates)
     try:
-        decision = competent_authority(directory, gemeinde, application.leika_key)
+        decision = rules.decide(directory, gemeinde, application.leika_key)
     except NoCompetenceRule as exc:
         return unroutable(cause_id, application, UnroutableReason.NO_COMPETENCE_RULE, str(exc))
     matches = destinations_for(decision.authority.ars, application.leika_key)
     if not matches:
         return unroutable(cause_id, application, UnroutableReason.NO_DESTINATION,
                           f"no destination registered for {decision.authority.name} ({decision.authority.ars})")
-    destination = matches[0]
+    return routed_outcome(cause_id, application, _region(gemeinde.ars, gemeinde.ags, gemeinde.name),
+                          decision.authority, decision.rule, matches[0])
+
+
+MANUAL_RULE = "manual:clearing"
+
+
+def routed_outcome(
+    cause_id: str,
+    application: ApplicationSubmitted,
+    region: ResolvedRegion,
+    authority: Authority,
+    rule: str,
+    destination: Destination,
+    *,
+    manual: bool = False,
+) -> Outcome:
+    """The routed event (metadata only) and the dispatched event (the whole case) for ``destination``.
+
+    A manual routing (clearing) gets its own deterministic ids: a repeated request publishes the same events.
+    """
     routed = ApplicationRouted(
         case_id=application.case_id, reference=application.reference, leika_key=application.leika_key,
-        region=_region(gemeinde.ars, gemeinde.ags, gemeinde.name), authority=decision.authority,
-        rule=decision.rule, destination_id=destination.destination_id, destination_name=destination.name,
+        region=region, authority=authority, rule=rule, destination_id=destination.destination_id,
+        destination_name=destination.name, manual=manual,
     )
     dispatched = ApplicationDispatched(case_id=application.case_id, reference=application.reference,
                                        destination_id=destination.destination_id, routing=routed,
                                        application=application)
     subject = str(application.case_id)
+    discriminator = "manual" if manual else ""
 
     def event(event_type: str, data: ApplicationRouted | ApplicationDispatched) -> OutgoingEvent:
         return build_event(event_type=event_type, source=SOURCE, subject=subject, data=data,
-                           event_id=derived_event_id(cause_id, event_type))
+                           event_id=derived_event_id(cause_id, event_type, discriminator))
 
     publish = [
         (topics.ROUTED, event(events.ROUTED_V1, routed)),
@@ -97,6 +126,21 @@ def decide(
     ]
     case = RoutedCase(case_id=application.case_id, reference=application.reference,
                       leika_key=application.leika_key, status=CaseStatus.ROUTED,
-                      destination_id=destination.destination_id, authority_ars=decision.authority.ars,
-                      rule=decision.rule)
+                      destination_id=destination.destination_id, authority_ars=authority.ars, rule=rule)
     return Outcome(publish, case)
+
+
+def authority_for(directory: Directory, ars: str, fallback_name: str) -> Authority:
+    """The authority with this ARS (2, 5, 9 or 12 digits) as the directory names it."""
+    level = {2: AuthorityLevel.LAND, 5: AuthorityLevel.KREIS, 9: AuthorityLevel.VERBAND}.get(
+        len(ars), AuthorityLevel.GEMEINDE)
+    unit: Land | Kreis | Verband | Gemeinde | None
+    if level == AuthorityLevel.LAND:
+        unit = directory.laender.get(ars)
+    elif level == AuthorityLevel.KREIS:
+        unit = directory.kreise.get(ars)
+    elif level == AuthorityLevel.VERBAND:
+        unit = directory.verbaende.get(ars)
+    else:
+        unit = directory.by_ars.get(ars)
+    return Authority(ars=ars, name=unit.name if unit is not None else fallback_name, level=level)

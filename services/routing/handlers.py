@@ -1,44 +1,92 @@
-"""Routing's consumer: every submitted application is routed and dispatched, or sent to clearing."""
+"""Routing's consumer: every submitted application is routed and dispatched, or sent to clearing.
+
+Submitted events are consumed in batches. Poison records (not a CloudEvent, wrong type or schema) and records
+whose decision fails are dead-lettered one by one; the rest are decided, their events published concurrently
+(gathered acknowledgements), then all decisions recorded in one transaction. If a publish or the database fails,
+the handler raises and the whole batch is redelivered; consumers de-duplicate on the deterministic event ids.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from typing import Any
+
 import anyio.to_thread
+from aiokafka import ConsumerRecord
 from faststream import AckPolicy
-from faststream.kafka import KafkaBroker, KafkaMessage
-from prometheus_client import CollectorRegistry, Counter
+from faststream.kafka import KafkaMessage
+from prometheus_client import Counter
 
-from services.routing.dispatch import decide
+from services.routing.dispatch import Outcome, decide
 from services.routing.registry import RoutingState
+from services.routing.settings import Settings
 from shared import events, topics
-from shared.envelope import InvalidEvent
+from shared.envelope import InvalidEvent, parse_event
 from shared.events import ApplicationSubmitted
-from shared.kafka import publish_all, read_event
-from shared.settings import KafkaSettings
+from shared.kafka import publish_all
+from shared.runtime import Service
+
+log = logging.getLogger(__name__)
 
 
-def register(
-    broker: KafkaBroker, state: RoutingState, kafka: KafkaSettings, group_id: str, registry: CollectorRegistry
-) -> None:
-    """Subscribe the dispatcher on ``broker``."""
+def register(service: Service, state: RoutingState, settings: Settings) -> None:
+    """Subscribe the batch dispatcher on the service's broker."""
+    broker = service.broker
     decisions = Counter("ozg_routing_decisions", "Routing decisions by outcome and rule", ["outcome", "rule"],
-                        registry=registry)
+                        registry=service.registry)
+    failures = 0
 
     async def on_submitted(msg: KafkaMessage) -> None:
-        envelope = read_event(msg)
-        if envelope.type != events.SUBMITTED_V1:
-            raise InvalidEvent(f"routing does not expect {envelope.type} on {topics.SUBMITTED}")
-        application = envelope.data_as(ApplicationSubmitted)
-        if await anyio.to_thread.run_sync(state.store.already_processed, envelope.id):
-            return
-        outcome = decide(envelope.id, application, state.directory, state.destinations_for)
-        if outcome.case.destination_id is not None:
-            await state.ensure_topic(kafka, outcome.case.destination_id)
-        # Published before the decision is recorded: a crash in between re-publishes the same event ids,
-        # which every consumer drops as duplicates.
-        await publish_all(broker, outcome.publish)
-        await anyio.to_thread.run_sync(state.store.record, envelope.id, outcome.case)
-        decisions.labels(outcome.case.status.value, outcome.case.rule or outcome.case.reason or "").inc()
+        nonlocal failures
+        raw: Any = msg.raw_message
+        records: tuple[ConsumerRecord[bytes, bytes], ...] = raw if isinstance(raw, tuple) else (raw,)
+        poison: list[tuple[ConsumerRecord[bytes, bytes], BaseException]] = []
+        parsed: list[tuple[ConsumerRecord[bytes, bytes], str, ApplicationSubmitted]] = []
+        for record in records:
+            try:
+                envelope = parse_event(record.headers, record.value, record.key)
+                if envelope.type != events.SUBMITTED_V1:
+                    raise InvalidEvent(f"routing does not expect {envelope.type} on {topics.SUBMITTED}")
+                parsed.append((record, envelope.id, envelope.data_as(ApplicationSubmitted)))
+            except InvalidEvent as exc:
+                poison.append((record, exc))
+        try:
+            done = await anyio.to_thread.run_sync(state.store.processed_among, [p[1] for p in parsed])
+            outcomes: list[tuple[str, Outcome]] = []
+            for record, event_id, application in parsed:
+                if event_id in done:
+                    continue
+                done.add(event_id)  # the same event twice in one batch
+                try:
+                    outcome = decide(event_id, application, state.directory, state.rules, state.destinations_for)
+                except Exception as exc:  # noqa: BLE001 - a decision that fails would fail again: dead-letter it
+                    poison.append((record, exc))
+                    continue
+                outcomes.append((event_id, outcome))
+            for record, error in poison:
+                await service.dead_letters.dead_letter(record, error)
+            for destination_id in {o.case.destination_id for _, o in outcomes if o.case.destination_id}:
+                await state.ensure_topic(settings.kafka, destination_id)
+            # Published before the decisions are recorded: a crash in between re-publishes the same event ids,
+            # which every consumer drops as duplicates.
+            await publish_all(broker, [item for _, outcome in outcomes for item in outcome.publish])
+            await anyio.to_thread.run_sync(
+                state.store.record_many, [(event_id, o.case, o.clearing) for event_id, o in outcomes])
+        except Exception as exc:
+            # The batch is redelivered (NACK seeks back); back off so a broker or database outage is no busy loop.
+            failures += 1
+            delay = min(settings.kafka.dlq_backoff_s * 2 ** min(failures, 10), 10.0)
+            log.warning("batch failed, redelivering", extra={"error": type(exc).__name__, "records": len(records),
+                                                             "retry_in_s": delay})
+            await asyncio.sleep(delay)
+            raise
+        failures = 0
+        for _, outcome in outcomes:
+            decisions.labels(outcome.case.status.value, outcome.case.rule or outcome.case.reason or "").inc()
 
     broker.subscriber(
-        topics.SUBMITTED, group_id=group_id, auto_offset_reset="earliest", ack_policy=AckPolicy.NACK_ON_ERROR
+        topics.SUBMITTED, group_id=settings.consumer_group, auto_offset_reset="earliest",
+        ack_policy=AckPolicy.NACK_ON_ERROR, batch=True, max_records=settings.batch_max_records,
+        batch_timeout_ms=settings.batch_timeout_ms,
     )(on_submitted)

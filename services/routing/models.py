@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 from uuid import UUID
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, HttpUrl, field_validator
+from pydantic import Field as PydField
 from sqlmodel import JSON, Column, Field, SQLModel, String
 
-from shared.events import Authority, CaseStatus, ResolvedRegion, UnroutableReason
+from shared.events import Authority, CaseStatus, LeikaKey, Region, ResolvedRegion, UnroutableReason
 
 
 def _now() -> datetime:
@@ -30,8 +32,16 @@ class Destination(DestinationBase, table=True):
     __tablename__ = "destinations"
 
     destination_id: UUID = Field(primary_key=True)
+    # Optional HTTPS webhook channel (delivery comes with the webhook issue); the secret is never answered.
+    webhook_url: str | None = Field(default=None, max_length=2000)
+    webhook_secret: str | None = Field(default=None, max_length=500)
     created_at: datetime = Field(default_factory=_now)
     updated_at: datetime = Field(default_factory=_now)
+
+    @property
+    def channels(self) -> list[str]:
+        """The delivery channels: its Kafka topic always, the webhook when one is registered."""
+        return ["kafka", "webhook"] if self.webhook_url else ["kafka"]
 
 
 class DestinationPublic(BaseModel):
@@ -66,3 +76,222 @@ class RouteAnswer(BaseModel):
     authority: Authority
     rule: str
     destinations: list[DestinationPublic]
+
+
+class DataVersion(SQLModel, table=True):
+    """One row per kind of shared data (``directory``, ``postcodes``, ``destinations``).
+
+    ``version`` goes up with every change; every routing replica polls these rows and reloads what changed.
+    """
+
+    __tablename__ = "data_versions"
+
+    kind: str = Field(primary_key=True, max_length=32)
+    version: int = 0
+    # Gebietsstand (YYYYMMDD) of an imported file; the sha256 and name of that file.
+    stand: str | None = Field(default=None, max_length=8)
+    sha256: str | None = Field(default=None, max_length=64)
+    source: str | None = Field(default=None, max_length=300)
+    records: int = 0
+    updated_at: datetime = Field(default_factory=_now)
+
+
+class DirLand(SQLModel, table=True):
+    """A Land of the imported GV100AD (Satzart 10)."""
+
+    __tablename__ = "dir_laender"
+
+    key: str = Field(primary_key=True, max_length=2)
+    name: str = Field(max_length=100)
+    seat: str = Field(max_length=100)
+
+
+class DirRegierungsbezirk(SQLModel, table=True):
+    """A Regierungsbezirk (Satzart 20); ``active`` is false for statistical or abolished ones."""
+
+    __tablename__ = "dir_regierungsbezirke"
+
+    key: str = Field(primary_key=True, max_length=3)
+    name: str = Field(max_length=100)
+    seat: str = Field(max_length=100)
+    active: bool
+
+
+class DirRegion(SQLModel, table=True):
+    """A Region of Baden-Württemberg (Satzart 30)."""
+
+    __tablename__ = "dir_regionen"
+
+    key: str = Field(primary_key=True, max_length=4)
+    name: str = Field(max_length=100)
+    seat: str = Field(max_length=100)
+
+
+class DirKreis(SQLModel, table=True):
+    """A Kreis (Satzart 40)."""
+
+    __tablename__ = "dir_kreise"
+
+    key: str = Field(primary_key=True, max_length=5)
+    name: str = Field(max_length=100)
+    seat: str = Field(max_length=100)
+    type_code: str = Field(max_length=2)
+    type: str = Field(max_length=60)
+    kreisfrei: bool
+
+
+class DirVerband(SQLModel, table=True):
+    """A Gemeindeverband (Satzart 50)."""
+
+    __tablename__ = "dir_verbaende"
+
+    ars: str = Field(primary_key=True, max_length=9)
+    name: str = Field(max_length=100)
+    seat: str = Field(max_length=100)
+    type_code: str = Field(max_length=2)
+    type: str = Field(max_length=60)
+
+
+class DirGemeinde(SQLModel, table=True):
+    """A Gemeinde or gemeindefreies Gebiet (Satzart 60)."""
+
+    __tablename__ = "dir_gemeinden"
+
+    ars: str = Field(primary_key=True, max_length=12)
+    ags: str = Field(max_length=8, unique=True)
+    name: str = Field(max_length=100)
+    type_code: str = Field(max_length=2)
+    type: str = Field(max_length=60)
+    area_ha: int | None = None
+    population: int | None = None
+    postal_code: str | None = Field(default=None, max_length=5)
+    postal_code_unique: bool
+
+
+class DirPostcode(SQLModel, table=True):
+    """One row of the PLZ table: a postal code, a Gemeinde (AGS) and a place name."""
+
+    __tablename__ = "dir_postcodes"
+
+    id: int | None = Field(default=None, primary_key=True)
+    postal_code: str = Field(max_length=5, index=True)
+    ags: str = Field(max_length=8)
+    place: str = Field(max_length=200)
+    osm_id: str | None = Field(default=None, max_length=30)
+
+
+class ClearingCase(SQLModel, table=True):
+    """An unroutable case waiting for an operator, with the application (personal data, routing's own use).
+
+    The row, and with it the personal data, is deleted when the case is routed by hand.
+    """
+
+    __tablename__ = "clearing_cases"
+
+    case_id: UUID = Field(primary_key=True)
+    reference: str = Field(max_length=32)
+    leika_key: str = Field(max_length=14)
+    reason: UnroutableReason = Field(sa_type=String(32))
+    detail: str = Field(max_length=500)
+    cause_event_id: str = Field(max_length=200)
+    application: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=_now)
+
+
+class WebhookIn(BaseModel):
+    """An HTTPS webhook channel; the secret signs deliveries (HMAC-SHA512) and is never answered back."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: HttpUrl
+    # Omit it to keep the stored secret (the API never answers it, so a client cannot send it back).
+    secret: str | None = PydField(default=None, min_length=16, max_length=500)
+
+    @field_validator("url")
+    @classmethod
+    def _https(cls, url: HttpUrl) -> HttpUrl:
+        if url.scheme != "https":
+            raise ValueError("the webhook URL must use https")
+        return url
+
+
+class DestinationIn(BaseModel):
+    """The body of ``PUT /v1/destinations/{destination_id}``: the whole registration (replaces the old one)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = PydField(min_length=1, max_length=200)
+    authority_ars: str = PydField(pattern=r"^(\d{2}|\d{5}|\d{9}|\d{12})$",
+                                  description="ARS of the authority served: 2, 5, 9 or 12 digits")
+    leika_keys: list[LeikaKey] = PydField(default_factory=list, description="services served; empty: all")
+    webhook: WebhookIn | None = None
+
+
+class KafkaChannel(BaseModel):
+    """The destination's own Kafka topic (always there)."""
+
+    topic: str
+
+
+class WebhookOut(BaseModel):
+    """A registered webhook (without its secret)."""
+
+    url: str
+
+
+class DestinationChannels(BaseModel):
+    """How a destination receives its cases."""
+
+    kafka: KafkaChannel
+    webhook: WebhookOut | None = None
+
+
+class DestinationOut(BaseModel):
+    """A registered destination as the operator API answers it (never with the webhook secret)."""
+
+    destination_id: UUID
+    name: str
+    authority_ars: str
+    leika_keys: list[str]
+    channels: DestinationChannels
+    created_at: datetime
+    updated_at: datetime
+
+
+class ClearingEntry(BaseModel):
+    """A case waiting in clearing: no personal data."""
+
+    case_id: UUID
+    reference: str
+    leika_key: str
+    reason: UnroutableReason
+    detail: str
+    waiting_since: datetime
+
+
+class ClearingList(BaseModel):
+    """``GET /v1/clearing``."""
+
+    cases: list[ClearingEntry]
+
+
+class ManualRouting(BaseModel):
+    """The body of ``POST /v1/clearing/{case_id}``: where the case goes.
+
+    ``region`` names the Gemeinde when the application's own place did not resolve (unknown or ambiguous).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    destination_id: UUID
+    region: Region | None = None
+
+
+class ManualRoutingDone(BaseModel):
+    """The answer of ``POST /v1/clearing/{case_id}``."""
+
+    case_id: UUID
+    status: CaseStatus
+    destination_id: UUID
+    authority: Authority
+    rule: str

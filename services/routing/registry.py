@@ -1,25 +1,43 @@
-"""What routing holds in memory: the directory and the destinations, so no lookup queries the database."""
+"""What routing holds in memory: the directory, the competence rules and the destinations, so no lookup queries
+the database. Every replica polls the database's version rows (and the rules files) and reloads what changed."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import uuid
 from collections import defaultdict
 from pathlib import Path
 
+import anyio.to_thread
+
+from services.routing.competence import CompetenceRules, InvalidRules, rules_fingerprint
 from services.routing.directory import Directory
+from services.routing.importer import DESTINATIONS, DIRECTORY, POSTCODES
 from services.routing.models import Destination
 from services.routing.store import RoutingStore
 from shared.settings import KafkaSettings
 from shared.topics import destination_topic_specs, ensure_topics
 
+log = logging.getLogger(__name__)
+
 
 class RoutingState:
     """The in-memory indexes of one routing process."""
 
-    def __init__(self, store: RoutingStore, directory: Directory) -> None:
+    def __init__(self, store: RoutingStore, directory: Directory, rules: CompetenceRules | None = None,
+                 *, fallback_directory: Path | None = None, rules_dir: Path | None = None) -> None:
         self.store = store
         self.directory = directory
+        self.fallback_directory = fallback_directory
+        self.rules_dir = rules_dir
+        if rules is None:
+            if rules_dir is None:
+                raise ValueError("give the rules or the directory they are read from")
+            rules = CompetenceRules.load(rules_dir)
+        self.rules = rules
+        self._versions: dict[str, int] | None = None  # None: nothing loaded yet
         self._by_authority: dict[str, list[Destination]] = {}
         self._topics: set[uuid.UUID] = set()
 
@@ -34,6 +52,47 @@ class RoutingState:
             index[destination.authority_ars].append(destination)
         self._by_authority = dict(index)
 
+    def reload_directory(self) -> None:
+        """Load the imported directory, or the fallback file while the database holds none."""
+        directory = self.store.load_directory()
+        if directory is None and self.fallback_directory is not None:
+            directory = Directory.from_json(self.fallback_directory)
+        if directory is not None:
+            self.directory = directory
+            log.info("directory loaded", extra={"gebietsstand": directory.gebietsstand,
+                                                "gemeinden": len(directory.by_ags),
+                                                "postal_codes": len(directory.by_postal_code)})
+
+    def refresh(self) -> None:
+        """Reload what changed since the last call (version rows, rules files); cheap when nothing did."""
+        versions = self.store.versions()
+        if self._versions is None or self._versions != versions:
+            old = self._versions or {}
+            changed = {kind for kind in set(versions) | set(old) if versions.get(kind) != old.get(kind)}
+            if self._versions is None or changed & {DIRECTORY, POSTCODES}:
+                self.reload_directory()
+            if self._versions is None or DESTINATIONS in changed:
+                self.reload_destinations()
+            self._versions = versions
+        if self.rules_dir is not None and self.rules.changed(self.rules_dir):
+            try:
+                self.rules = CompetenceRules.load(self.rules_dir)
+                log.info("competence rules reloaded", extra={"rules_dir": str(self.rules_dir)})
+            except InvalidRules as exc:
+                # Keep deciding with the rules that were valid; the operator sees the error in the log.
+                log.error("competence rules not reloaded", extra={"error": str(exc)})
+                # Report it once, not on every poll: again only when the files change again.
+                self.rules.fingerprint = rules_fingerprint(self.rules_dir)
+
+    async def poll(self, interval_s: float) -> None:
+        """Refresh every ``interval_s`` seconds, for ever (a background job of the service)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await anyio.to_thread.run_sync(self.refresh)
+            except Exception as exc:  # noqa: BLE001 - a database hiccup must not end the poller
+                log.warning("refresh failed", extra={"error": type(exc).__name__})
+
     async def ensure_topic(self, kafka: KafkaSettings, destination_id: uuid.UUID) -> None:
         """Create a destination's topics on first use (the broker's auto-creation is never relied on)."""
         if destination_id not in self._topics:
@@ -43,11 +102,15 @@ class RoutingState:
     def seed_demo_destinations(self, path: Path) -> None:
         """Register the demo back offices of ``make run`` (idempotent) and reload the index."""
         raw = json.loads(path.read_text(encoding="utf-8"))
+        existing = {d.destination_id: d for d in self.store.destinations()}
         for item in raw["destinations"]:
-            self.store.upsert_destination(
-                Destination(
-                    destination_id=uuid.UUID(item["destination_id"]), name=item["name"],
-                    authority_ars=item["authority_ars"], leika_keys=item["leika_keys"],
-                )
+            destination = Destination(
+                destination_id=uuid.UUID(item["destination_id"]), name=item["name"],
+                authority_ars=item["authority_ars"], leika_keys=item["leika_keys"],
             )
+            old = existing.get(destination.destination_id)
+            if old is None or (old.name, old.authority_ars, old.leika_keys) != (
+                    destination.name, destination.authority_ars, destination.leika_keys):
+                self.store.upsert_destination(destination)
         self.reload_destinations()
+

@@ -2,11 +2,13 @@
 
 from pathlib import Path
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import ServiceSettings
 
 DATA = Path(__file__).parent / "data"
+RULES = Path(__file__).parent / "rules"
 
 
 class Settings(ServiceSettings):
@@ -17,8 +19,16 @@ class Settings(ServiceSettings):
     service_name: str = "routing"
     port: int = 8002
     database_url: str = "sqlite:///./.run/routing.db"
-    # The municipality directory held in memory; the bundled demo holds the pilot Kommunen of SPEC §8.
+    # The municipality directory is the one imported into the database (import-directory, import-postcodes);
+    # while the database holds none, this file serves instead (the bundled demo: the pilot Kommunen of SPEC §8).
     directory_file: Path = DATA / "demo_directory.json"
+    # Competence rules: one YAML file per Land plus a default (see services/routing/rules).
+    rules_dir: Path = RULES
+    # How often every replica checks for a new directory import, changed destinations or edited rules files.
+    poll_interval_s: float = Field(default=2.0, gt=0)
+    # Submitted applications are consumed in batches of up to this many records.
+    batch_max_records: int = Field(default=500, ge=1)
+    batch_timeout_ms: int = Field(default=20, ge=1)
     # Register the demo destinations (one back office per pilot authority) at start-up.
     demo_destinations: bool = False
     demo_destinations_file: Path = DATA / "demo_destinations.json"

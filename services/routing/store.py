@@ -6,9 +6,21 @@ from datetime import UTC, datetime
 from uuid import UUID
 
 from sqlalchemy import Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
-from services.routing.models import Destination, RoutedCase
+from services.routing.directory import Directory, Gemeinde, Kreis, Land, Verband
+from services.routing.importer import DESTINATIONS, DIRECTORY, bump_version
+from services.routing.models import (
+    ClearingCase,
+    DataVersion,
+    Destination,
+    DirGemeinde,
+    DirKreis,
+    DirLand,
+    DirPostcode,
+    DirVerband,
+    RoutedCase,
+)
 from shared.idempotency import ProcessedEvent, first_delivery
 
 
@@ -30,9 +42,53 @@ class RoutingStore:
                 existing.name = destination.name
                 existing.authority_ars = destination.authority_ars
                 existing.leika_keys = destination.leika_keys
+                existing.webhook_url = destination.webhook_url
+                existing.webhook_secret = destination.webhook_secret
                 existing.updated_at = datetime.now(UTC)
                 session.add(existing)
+            bump_version(session, DESTINATIONS)
             session.commit()
+
+    def destination(self, destination_id: UUID) -> Destination | None:
+        """One destination."""
+        with Session(self.engine) as session:
+            return session.get(Destination, destination_id)
+
+    def delete_destination(self, destination_id: UUID) -> bool:
+        """Remove a destination; False when there was none."""
+        with Session(self.engine) as session:
+            existing = session.get(Destination, destination_id)
+            if existing is None:
+                return False
+            session.delete(existing)
+            bump_version(session, DESTINATIONS)
+            session.commit()
+            return True
+
+    def versions(self) -> dict[str, int]:
+        """The current version of each kind of shared data (what replicas poll)."""
+        with Session(self.engine) as session:
+            return {row.kind: row.version for row in session.exec(select(DataVersion)).all()}
+
+    def load_directory(self) -> Directory | None:
+        """The imported directory with its postal codes, or None when nothing was imported yet."""
+        with Session(self.engine) as session:
+            version = session.get(DataVersion, DIRECTORY)
+            if version is None or version.stand is None:
+                return None
+            stand = version.stand
+            directory = Directory(gebietsstand=f"{stand[:4]}-{stand[4:6]}-{stand[6:]}")
+            for land in session.exec(select(DirLand.key, DirLand.name)).all():
+                directory.laender[land[0]] = Land(land[0], land[1])
+            for k in session.exec(select(DirKreis.key, DirKreis.name, DirKreis.type, DirKreis.kreisfrei)).all():
+                directory.kreise[k[0]] = Kreis(k[0], k[1], k[2], bool(k[3]))
+            for v in session.exec(select(DirVerband.ars, DirVerband.name, DirVerband.type)).all():
+                directory.verbaende[v[0]] = Verband(v[0], v[1], v[2])
+            for g in session.exec(select(DirGemeinde.ags, DirGemeinde.ars, DirGemeinde.name, DirGemeinde.type)).all():
+                directory.add_gemeinde(Gemeinde(g[0], g[1], g[2], g[3]))
+            for p in session.exec(select(DirPostcode.postal_code, DirPostcode.ags, DirPostcode.place)).all():
+                directory.add_postcode(p[0], p[1], p[2])
+            return directory
 
     def destinations(self) -> list[Destination]:
         """Every registered destination."""
@@ -49,6 +105,46 @@ class RoutingStore:
         with Session(self.engine) as session:
             if not first_delivery(session, self.CONSUMER, event_id):
                 return
+            session.merge(case)
+            session.commit()
+
+    def processed_among(self, event_ids: list[str]) -> set[str]:
+        """Which of ``event_ids`` the dispatcher has taken into effect before (one query for a batch)."""
+        if not event_ids:
+            return set()
+        with Session(self.engine) as session:
+            rows = session.exec(select(ProcessedEvent.event_id).where(
+                ProcessedEvent.consumer == self.CONSUMER, col(ProcessedEvent.event_id).in_(event_ids)))
+            return set(rows.all())
+
+    def record_many(self, decisions: list[tuple[str, RoutedCase, ClearingCase | None]]) -> None:
+        """Record a batch of decisions, each with its event id and clearing case, in one transaction."""
+        with Session(self.engine) as session:
+            for event_id, case, clearing in decisions:
+                if not first_delivery(session, self.CONSUMER, event_id):
+                    continue
+                session.merge(case)
+                if clearing is not None:
+                    session.merge(clearing)
+            session.commit()
+
+    def clearing_cases(self, limit: int, offset: int) -> list[ClearingCase]:
+        """Cases waiting in clearing, oldest first."""
+        with Session(self.engine) as session:
+            query = select(ClearingCase).order_by(col(ClearingCase.created_at), col(ClearingCase.case_id))
+            return list(session.exec(query.offset(offset).limit(limit)).all())
+
+    def clearing_case(self, case_id: UUID) -> ClearingCase | None:
+        """One case waiting in clearing."""
+        with Session(self.engine) as session:
+            return session.get(ClearingCase, case_id)
+
+    def resolve_clearing(self, case: RoutedCase) -> None:
+        """A case left clearing: record the decision and delete the kept application (its personal data)."""
+        with Session(self.engine) as session:
+            waiting = session.get(ClearingCase, case.case_id)
+            if waiting is not None:
+                session.delete(waiting)
             session.merge(case)
             session.commit()
 

@@ -4,31 +4,32 @@ from __future__ import annotations
 
 import pytest
 
-from services.routing.competence import competent_authority
+from services.routing.competence import CompetenceRules, competent_authority
 from services.routing.directory import AmbiguousPostalCode, Directory, UnknownRegion
-from services.routing.settings import DATA
+from services.routing.settings import DATA, RULES
 from shared.events import Region
 
 DIRECTORY = Directory.from_json(DATA / "demo_directory.json")
+RULES_ = CompetenceRules.load(RULES)
 WOHNSITZ, WOHNGELD, GEWERBE = "99115005104000", "99107023037000", "99050012104000"
 
 
 @pytest.mark.parametrize(
     ("leika_key", "ags", "authority_ars", "level", "rule"),
     [
-        (WOHNSITZ, "09273137", "092730137137", "gemeinde", "default:gemeinde"),  # Stadt Kelheim
-        (WOHNGELD, "09273137", "09273", "kreis", "default:kreis"),  # Landratsamt Kelheim
-        (WOHNSITZ, "09273113", "092735219", "verband", "default:verwaltungsgemeinschaft"),  # Aiglsbach: VG Mainburg
-        (GEWERBE, "09375114", "093755335", "verband", "default:verwaltungsgemeinschaft"),  # Altenthann: VG Donaustauf
-        (WOHNSITZ, "09761000", "09761", "kreis", "default:kreisfreie-stadt"),  # Augsburg
-        (WOHNGELD, "06414000", "06414", "kreis", "default:kreisfreie-stadt"),  # Wiesbaden
+        (WOHNSITZ, "09273137", "092730137137", "gemeinde", "BY:gemeinde"),  # Stadt Kelheim
+        (WOHNGELD, "09273137", "09273", "kreis", "BY:landratsamt"),  # Landratsamt Kelheim
+        (WOHNSITZ, "09273113", "092735219", "verband", "BY:verwaltungsgemeinschaft"),  # Aiglsbach: VG Mainburg
+        (GEWERBE, "09375114", "093755335", "verband", "BY:verwaltungsgemeinschaft"),  # Altenthann: VG Donaustauf
+        (WOHNSITZ, "09761000", "09761", "kreis", "BY:kreisfreie-stadt"),  # Augsburg
+        (WOHNGELD, "06414000", "06414", "kreis", "HE:kreisfreie-stadt"),  # Wiesbaden
         (GEWERBE, "06436005", "064360005005", "gemeinde", "default:gemeinde"),  # Hattersheim
-        (WOHNGELD, "06531007", "06531", "kreis", "default:kreis"),  # Heuchelheim: Landkreis Gießen
+        (WOHNGELD, "06531007", "06531", "kreis", "HE:landkreis"),  # Heuchelheim: Landkreis Gießen
     ],
 )
 def test_competent_authority(leika_key: str, ags: str, authority_ars: str, level: str, rule: str) -> None:
     gemeinde = DIRECTORY.resolve(Region(ags=ags))
-    decision = competent_authority(DIRECTORY, gemeinde, leika_key)
+    decision = competent_authority(RULES_, DIRECTORY, gemeinde, leika_key)
     assert (decision.authority.ars, decision.authority.level.value, decision.rule) == (authority_ars, level, rule)
 
 

@@ -47,7 +47,7 @@ async def test_dispatches_to_the_competent_destination_once(settings: Settings, 
         envelope = parse_event(routed[0].headers, routed[0].value, routed[0].key)
         decision = envelope.data_as(ApplicationRouted)
         assert decision.authority.ars == "092730137137"
-        assert decision.rule == "default:gemeinde"
+        assert decision.rule == "BY:gemeinde"
         assert str(decision.destination_id) == STADT_KELHEIM
         assert "Erika" not in routed[0].value.decode()  # metadata only
 
