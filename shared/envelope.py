@@ -19,6 +19,8 @@ from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 from pydantic import BaseModel, ValidationError
 
+from shared import tracing
+
 CONTENT_TYPE = "application/json"
 _FORMAT = JSONFormat()
 # Namespace for event ids derived from other events (see derived_event_id).
@@ -97,6 +99,7 @@ def build_event(
     )
     message = to_binary(event, _FORMAT, key_mapper=lambda _: subject)
     headers = {name: value.decode() for name, value in message.headers.items()}
+    headers[tracing.HEADER] = tracing.outgoing_traceparent()
     if extra_headers:
         headers.update(extra_headers)
     return OutgoingEvent(

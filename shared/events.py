@@ -21,6 +21,7 @@ NOTIFICATION_SENT_V1 = "de.ozg.notification.sent.v1"
 NOTIFICATION_FAILED_V1 = "de.ozg.notification.failed.v1"
 CLIENT_REGISTERED_V1 = "de.ozg.client.registered.v1"
 CLIENT_REVOKED_V1 = "de.ozg.client.revoked.v1"
+PERSONAL_DATA_DELETED_V1 = "de.ozg.personal-data.deleted.v1"
 
 LeikaKey = Annotated[str, Field(pattern=r"^99\d{12}$", examples=["99107023037000"])]
 Ags = Annotated[str, Field(pattern=r"^\d{8}$", examples=["09273137"])]
@@ -274,3 +275,14 @@ class ClientRecord(Strict):
     destination_id: UUID | None = None
     revoked: bool = False
     issued_at: datetime
+
+
+class PersonalDataDeleted(Strict):
+    """``de.ozg.personal-data.deleted.v1`` on ``ozg.privacy.deletions``: a service deleted a case's personal data
+    after its retention period (SPEC §7). Names what was deleted, never the data itself."""
+
+    case_id: UUID
+    service: str = Field(description="The service that deleted the data, e.g. intake")
+    categories: list[str] = Field(description="What was deleted, e.g. applicant, form, attachments")
+    deleted_at: datetime
+    reason: str = "retention"

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from shared.deadletter import DeadLetterPolicy
 from shared.envelope import Envelope, OutgoingEvent, parse_event
 from shared.settings import KafkaSettings
+from shared.tracing import TraceMiddleware
 
 
 async def _undecoded(msg: StreamMessage[Any]) -> bytes:
@@ -46,6 +47,7 @@ def make_broker(
         logger=logging.getLogger("faststream"),
         log_level=logging.DEBUG,
         middlewares=(
+            TraceMiddleware,
             KafkaPrometheusMiddleware(registry=registry, app_name=service),
             dead_letters,
         ),

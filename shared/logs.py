@@ -7,10 +7,13 @@ import sys
 
 from pythonjsonlogger.json import JsonFormatter
 
+from shared.tracing import TraceLogFilter
+
 
 def configure_logging(level: str = "INFO", *, json: bool = True, service: str = "ozg") -> None:
     """Send all logs to stderr, one JSON object per line (or plain text for a terminal)."""
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(TraceLogFilter())
     if json:
         handler.setFormatter(
             JsonFormatter(

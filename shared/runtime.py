@@ -19,8 +19,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, gen
 from shared import db, problems, topics
 from shared.auth import ClientDirectory
 from shared.kafka import make_broker
+from shared.lag import ConsumerLag
 from shared.logs import configure_logging
 from shared.settings import ServiceSettings
+from shared.tracing import TraceASGIMiddleware
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,8 @@ class Service:
         # Start-up jobs run before the broker connects (loading caches); background jobs run once it has.
         self.on_start: list[BackgroundTask] = []
         self.background: list[BackgroundTask] = []
+        self.lag = ConsumerLag(settings.kafka, settings.consumer_group, self.registry)
+        self.background.append(self._measure_lag)
         self.broker_started = asyncio.Event()
         self._up = Gauge("ozg_service_up", "1 while the service is connected to its broker", ["service"],
                          registry=self.registry)
@@ -70,6 +74,9 @@ class Service:
             self._up.labels(self.name).set(1)
             log.info("connected to broker", extra={"bootstrap": self.settings.kafka.bootstrap_servers})
             return
+
+    async def _measure_lag(self) -> None:
+        await self.lag.run(self.settings.kafka.lag_interval_s)
 
     async def readiness(self) -> dict[str, bool]:
         """Whether the broker and the database are reachable right now."""
@@ -106,6 +113,7 @@ class Service:
 
         app = FastAPI(title=title, description=description, version="0.1.0", lifespan=lifespan)
         problems.install(app)
+        app.add_middleware(TraceASGIMiddleware)
         app.include_router(self._health_router())
         for router in routers:
             app.include_router(router)

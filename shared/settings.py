@@ -20,6 +20,8 @@ class KafkaSettings(BaseSettings):
     request_timeout_ms: int = Field(default=10_000, ge=1000)
     # How often consumers refresh metadata; short so pattern subscriptions see new topics quickly.
     metadata_max_age_ms: int = Field(default=5_000, ge=500)
+    # How often each service measures its consumer group's lag for /metrics.
+    lag_interval_s: float = Field(default=15.0, gt=0)
     dlq_retries: int = Field(default=3, ge=0)
     dlq_backoff_s: float = Field(default=0.2, ge=0)
 

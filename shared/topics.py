@@ -21,11 +21,12 @@ UNROUTABLE = "ozg.applications.unroutable"
 CASE_STATUS = "ozg.cases.status"
 NOTIFICATIONS = "ozg.notifications"
 CLIENTS = "ozg.clients"
+DELETIONS = "ozg.privacy.deletions"
 DESTINATION_PREFIX = "ozg.dest."
 DLQ_SUFFIX = ".dlq"
 
 # Every topic a consumer reads gets a dead-letter twin.
-CONSUMED = (SUBMITTED, ROUTED, UNROUTABLE, CASE_STATUS, NOTIFICATIONS, CLIENTS)
+CONSUMED = (SUBMITTED, ROUTED, UNROUTABLE, CASE_STATUS, NOTIFICATIONS, CLIENTS, DELETIONS)
 
 # Everything except dead letters: what the audit trail follows.
 AUDITED_PATTERN = r"^ozg\.(?!.*\.dlq$).*"

@@ -1,0 +1,59 @@
+"""Consumer lag per topic and partition: how far a service's consumer group is behind the end of its topics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client import CollectorRegistry, Gauge
+
+from shared.settings import KafkaSettings
+from shared.topics import AUDITED_PATTERN
+
+log = logging.getLogger(__name__)
+
+
+class ConsumerLag:
+    """Measures the lag of one consumer group and exports it as ``ozg_consumer_lag{topic, partition}``."""
+
+    def __init__(self, settings: KafkaSettings, group_id: str, registry: CollectorRegistry) -> None:
+        self.settings = settings
+        self.group_id = group_id
+        self.gauge = Gauge("ozg_consumer_lag", "Records the consumer group has not yet committed",
+                           ["group", "topic", "partition"], registry=registry)
+
+    async def measure(self) -> dict[TopicPartition, int]:
+        """The group's lag on every partition of the ``ozg.*`` topics it has committed offsets for."""
+        # A group member that never subscribes reads the group's committed offsets without joining it.
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap_servers, group_id=self.group_id,
+                                    enable_auto_commit=False, request_timeout_ms=self.settings.request_timeout_ms)
+        await consumer.start()
+        try:
+            pattern = re.compile(AUDITED_PATTERN)
+            partitions = [
+                TopicPartition(topic, partition)
+                for topic in sorted(await consumer.topics()) if pattern.match(topic)
+                for partition in sorted(consumer.partitions_for_topic(topic) or ())
+            ]
+            committed = {tp: await consumer.committed(tp) for tp in partitions}
+            known = [tp for tp, offset in committed.items() if offset is not None]
+            if not known:
+                return {}
+            end = await consumer.end_offsets(known)
+        finally:
+            await consumer.stop()
+        lag = {tp: max(end[tp] - (committed[tp] or 0), 0) for tp in known}
+        for tp, value in lag.items():
+            self.gauge.labels(self.group_id, tp.topic, str(tp.partition)).set(value)
+        return lag
+
+    async def run(self, interval_s: float) -> None:
+        """Measure every ``interval_s`` seconds until cancelled; a failed measurement is retried next time."""
+        while True:
+            try:
+                await self.measure()
+            except Exception as exc:  # noqa: BLE001 - a lag probe must never take the service down
+                log.warning("consumer lag not measured", extra={"error": type(exc).__name__})
+            await asyncio.sleep(interval_s)

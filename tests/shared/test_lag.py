@@ -1,0 +1,37 @@
+"""Consumer lag measured against the real broker."""
+
+from __future__ import annotations
+
+import uuid
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import OffsetAndMetadata
+from prometheus_client import CollectorRegistry, generate_latest
+
+from shared.lag import ConsumerLag
+from shared.settings import KafkaSettings
+from shared.topics import TopicSpec, ensure_topics
+from tests.support import produce
+
+
+async def test_lag_is_end_offset_minus_committed_offset(kafka_settings: KafkaSettings) -> None:
+    topic, group = f"ozg.test.lag.{uuid.uuid4()}", f"ozg-test-{uuid.uuid4().hex[:8]}"
+    settings = kafka_settings.model_copy(update={"partitions": 1})
+    await ensure_topics(settings, [TopicSpec(topic)])
+    for i in range(5):
+        await produce(settings, topic, f'{{"n": {i}}}'.encode())
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=group,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(topic, 0)])
+        await consumer.commit({TopicPartition(topic, 0): OffsetAndMetadata(2, "")})
+    finally:
+        await consumer.stop()
+
+    registry = CollectorRegistry()
+    lag = await ConsumerLag(settings, group, registry).measure()
+    assert lag == {TopicPartition(topic, 0): 3}
+    exported = generate_latest(registry).decode()
+    assert f'ozg_consumer_lag{{group="{group}",partition="0",topic="{topic}"}} 3.0' in exported
+    assert await ConsumerLag(settings, f"ozg-nobody-{uuid.uuid4().hex[:6]}", CollectorRegistry()).measure() == {}
