@@ -21,7 +21,7 @@ from prometheus_client import Counter
 from services.routing.dispatch import Outcome, decide
 from services.routing.registry import RoutingState
 from services.routing.settings import Settings
-from shared import events, topics
+from shared import events, topics, tracing
 from shared.envelope import InvalidEvent, parse_event
 from shared.events import ApplicationSubmitted
 from shared.kafka import publish_all
@@ -59,7 +59,10 @@ def register(service: Service, state: RoutingState, settings: Settings) -> None:
                     continue
                 done.add(event_id)  # the same event twice in one batch
                 try:
-                    outcome = decide(event_id, application, state.directory, state.rules, state.destinations_for)
+                    # Each record's trace continues in the events it causes.
+                    with tracing.consumed(record):
+                        outcome = decide(event_id, application, state.directory, state.rules,
+                                         state.destinations_for)
                 except Exception as exc:  # noqa: BLE001 - a decision that fails would fail again: dead-letter it
                     poison.append((record, exc))
                     continue
