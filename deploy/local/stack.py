@@ -76,6 +76,7 @@ class LocalStack:
         if name == "notify":
             env["NOTIFY_SMTP_PORT"] = str(self.smtp_port)
             env["NOTIFY_STATUS_BASE_URL"] = f"{self.url('intake')}/v1/applications"
+            env["NOTIFY_LETTER_DIR"] = str(self.root / "letters")
         return env
 
     def start_service(self, name: str) -> None:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio.to_thread
 from aiokafka import ConsumerRecord
 from faststream import AckPolicy
 from faststream.kafka import KafkaMessage
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 
 from services.routing.dispatch import Outcome, decide
 from services.routing.registry import RoutingState
@@ -33,6 +34,12 @@ log = logging.getLogger(__name__)
 def register(service: Service, state: RoutingState, settings: Settings) -> None:
     """Subscribe the batch dispatcher on the service's broker."""
     broker = service.broker
+    dispatch_latency = Histogram(
+        "ozg_dispatch_latency_seconds",
+        "From the submitted event's time to the broker's acknowledgement of the dispatched event",
+        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+        registry=service.registry,
+    )
     decisions = Counter("ozg_routing_decisions", "Routing decisions by outcome and rule", ["outcome", "rule"],
                         registry=service.registry)
     failures = 0
@@ -85,8 +92,12 @@ def register(service: Service, state: RoutingState, settings: Settings) -> None:
             await asyncio.sleep(delay)
             raise
         failures = 0
-        for _, outcome in outcomes:
+        dispatched_at = datetime.now(UTC)
+        submitted_at = {event_id: application.submitted_at for _, event_id, application in parsed}
+        for event_id, outcome in outcomes:
             decisions.labels(outcome.case.status.value, outcome.case.rule or outcome.case.reason or "").inc()
+            if outcome.case.destination_id is not None:
+                dispatch_latency.observe((dispatched_at - submitted_at[event_id]).total_seconds())
 
     broker.subscriber(
         topics.SUBMITTED, group_id=settings.consumer_group, auto_offset_reset="earliest",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from pathlib import Path
 
@@ -38,7 +39,7 @@ async def send(kafka: KafkaSettings, data: events.ApplicationSubmitted, event_id
 
 async def test_dispatches_to_the_competent_destination_once(settings: Settings, kafka_settings: KafkaSettings) -> None:
     service, app = build(settings)
-    async with running(service, app):
+    async with running(service, app) as client:
         application = submitted(WOHNSITZ, {"postal_code": "93309", "place": "Kelheim"})
         event_id = await send(kafka_settings, application)
         await send(kafka_settings, application, event_id)  # redelivery of the same event
@@ -60,6 +61,12 @@ async def test_dispatches_to_the_competent_destination_once(settings: Settings, 
         # The redelivered event produced no second pair.
         with pytest.raises(AssertionError, match="only 1 of 2"):
             await consume(kafka_settings, topics.ROUTED, 2, predicate=for_case(application.case_id), timeout_s=3)
+
+        # The dispatch was timed from the submission's event time.
+        metrics = (await client.get("/metrics")).text
+        count = re.search(r"^ozg_dispatch_latency_seconds_count (\S+)$", metrics, re.MULTILINE)
+        assert count is not None
+        assert float(count[1]) >= 1
 
 
 async def test_unroutable_cases_go_to_clearing_with_a_reason(settings: Settings, kafka_settings: KafkaSettings) -> None:
