@@ -7,10 +7,12 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from services.notify import api, handlers
-from services.notify.channels import Channel, EmailChannel, NotImplementedChannel
+from services.notify.channels import Channel, EmailChannel, LetterChannel, PostfachChannel
+from services.notify.delivery import Deliverer
 from services.notify.messages import Renderer
 from services.notify.settings import Settings
 from services.notify.store import NotifyStore
+from shared import topics
 from shared.events import ReplyChannel
 from shared.runtime import Service
 
@@ -21,18 +23,31 @@ def build(settings: Settings | None = None) -> tuple[Service, FastAPI]:
     """The notify service and its ASGI app."""
     settings = settings or Settings()
     service = Service(settings, migrations=MIGRATIONS)
+    if all(spec.name != topics.DELETIONS for spec in service.topic_specs):
+        service.topic_specs.append(topics.TopicSpec(topics.DELETIONS))
     store = NotifyStore(service.engine)
-    pending = NotImplementedChannel()
+    postfach = PostfachChannel(settings)
     channels: dict[ReplyChannel, Channel] = {
         ReplyChannel.EMAIL: EmailChannel(settings),
-        ReplyChannel.POSTFACH: pending,
-        ReplyChannel.LETTER: pending,
+        ReplyChannel.POSTFACH: postfach,
+        ReplyChannel.LETTER: LetterChannel(settings),
     }
-    notifier = handlers.Notifier(
-        broker=service.broker, store=store, settings=settings, renderer=Renderer(), channels=channels,
-        registry=service.registry,
+    deliverer = Deliverer(
+        broker=service.broker, store=store, settings=settings, channels=channels, registry=service.registry
     )
+    notifier = handlers.Notifier(store=store, settings=settings, renderer=Renderer(), deliverer=deliverer)
     handlers.register(service.broker, notifier, settings.consumer_group)
+
+    async def notification_scheduler() -> None:
+        try:
+            await deliverer.run_scheduler()
+        finally:
+            await postfach.aclose()
+
+    async def contact_retention() -> None:
+        await deliverer.run_retention()
+
+    service.background += [notification_scheduler, contact_retention]
     app = service.create_app(
         title="OZG notify",
         description="Tells applicants what happened to their case, on the channel they chose.",

@@ -1,54 +1,62 @@
 """Delivery channels: how a rendered message reaches the applicant.
 
-Only e-mail exists so far; ``postfach`` and ``letter`` answer "not implemented" until a later issue adds them.
-Errors are reported by class and SMTP code only: an SMTP server's text often quotes the recipient's address.
+A channel makes one attempt and reports whether it worked and, if not, whether trying again may help (a
+temporary failure) or not (a permanent one); retries are scheduled by :mod:`services.notify.delivery`.
+Errors are reported by class and status code only: an SMTP server's or API's text often quotes the recipient.
 """
 
-from __future__ import annotations
-
-import asyncio
-import logging
+import contextlib
+import os
+import tempfile
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from email.errors import MessageError
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid, parseaddr
+from pathlib import Path
 from typing import Protocol
+from uuid import UUID
 
 import aiosmtplib
+import anyio.to_thread
+import httpx
 
+from services.notify.letters import LetterContent, letter_filename, render_letter
 from services.notify.messages import Message
 from services.notify.models import Contact
 from services.notify.settings import Settings
 
-log = logging.getLogger(__name__)
-
-NOT_IMPLEMENTED = "channel not implemented yet"
-
 
 @dataclass(frozen=True)
 class Delivery:
-    """The outcome of delivering one message: whether it went out, after how many attempts, and why not."""
+    """The outcome of one attempt: whether the message went out, and if not, why and whether to try again."""
 
     ok: bool
-    attempts: int
     error: str | None = None
+    temporary: bool = False
+
+    @classmethod
+    def sent(cls) -> "Delivery":
+        return cls(ok=True)
+
+    @classmethod
+    def retry(cls, error: str) -> "Delivery":
+        """A temporary failure: relay or API unreachable, a timeout, SMTP 4xx, HTTP 5xx."""
+        return cls(ok=False, error=error, temporary=True)
+
+    @classmethod
+    def permanent(cls, error: str) -> "Delivery":
+        """A failure that trying again won't fix: SMTP 5xx, a bad address, HTTP 4xx, missing contact data."""
+        return cls(ok=False, error=error, temporary=False)
 
 
 class Channel(Protocol):
     """A way to reach applicants."""
 
-    async def deliver(self, contact: Contact, message: Message) -> Delivery:
-        """Deliver ``message`` to ``contact``; never raises for a delivery failure, reports it instead."""
+    async def deliver(self, notification_id: UUID, contact: Contact, message: Message) -> Delivery:
+        """Make one attempt to deliver ``message`` to ``contact``; never raises for a delivery failure."""
         ...
-
-
-class NotImplementedChannel:
-    """A channel that exists in the product but not in the code yet: every delivery fails, without retries."""
-
-    async def deliver(self, contact: Contact, message: Message) -> Delivery:
-        """Fail at once with :data:`NOT_IMPLEMENTED`."""
-        return Delivery(ok=False, attempts=0, error=NOT_IMPLEMENTED)
 
 
 def _describe(exc: BaseException) -> str:
@@ -80,7 +88,7 @@ class EmailChannel:
         # Message-IDs carry the sender's domain, as RFC 5322 recommends.
         self.domain = from_address.rpartition("@")[2] or "ozg.example"
 
-    def build(self, contact: Contact, message: Message) -> EmailMessage:
+    def build(self, notification_id: UUID, contact: Contact, message: Message) -> EmailMessage:
         """The e-mail for ``message`` to ``contact``."""
         if not contact.email:
             raise ValueError("the contact has no e-mail address")
@@ -92,40 +100,136 @@ class EmailChannel:
         mail["To"] = Address(display_name=contact.name, addr_spec=contact.email)
         mail["Subject"] = message.subject
         mail["Date"] = formatdate(localtime=False, usegmt=True)
-        mail["Message-ID"] = make_msgid(domain=self.domain)
+        # The same Message-ID on every attempt of one notification: a relay or mailbox can drop a repeat.
+        mail["Message-ID"] = make_msgid(idstring=notification_id.hex, domain=self.domain)
         mail["Content-Language"] = message.language
         # RFC 3834: tells mail servers and autoresponders that no human wrote this, so they don't answer it.
         mail["Auto-Submitted"] = "auto-generated"
         return mail
 
-    async def deliver(self, contact: Contact, message: Message) -> Delivery:
-        """Send the e-mail, retrying transient failures with exponential back-off."""
+    async def deliver(self, notification_id: UUID, contact: Contact, message: Message) -> Delivery:
+        """One SMTP transaction."""
         try:
-            mail = self.build(contact, message)
+            mail = self.build(notification_id, contact, message)
         except (ValueError, TypeError, MessageError) as exc:
             # E.g. a line break in a name: header injection is refused by the email package, and not retried.
-            return Delivery(ok=False, attempts=0, error=f"invalid message: {type(exc).__name__}")
+            return Delivery.permanent(f"invalid message: {type(exc).__name__}")
         settings = self.settings
         password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                await aiosmtplib.send(
-                    mail,
-                    hostname=settings.smtp_host,
-                    port=settings.smtp_port,
-                    username=settings.smtp_username,
-                    password=password,
-                    use_tls=settings.smtp_tls,
-                    # False, not None: aiosmtplib would otherwise upgrade whenever the server offers it.
-                    start_tls=settings.smtp_starttls,
-                    timeout=settings.smtp_timeout_s,
-                )
-            except (aiosmtplib.SMTPException, OSError) as exc:
-                if attempt >= settings.smtp_attempts or not _transient(exc):
-                    return Delivery(ok=False, attempts=attempt, error=_describe(exc))
-                log.warning("smtp attempt failed, retrying", extra={"attempt": attempt, "error": _describe(exc)})
-                await asyncio.sleep(settings.smtp_backoff_s * 2 ** (attempt - 1))
-                continue
-            return Delivery(ok=True, attempts=attempt)
+        try:
+            await aiosmtplib.send(
+                mail,
+                hostname=settings.smtp_host,
+                port=settings.smtp_port,
+                username=settings.smtp_username,
+                password=password,
+                use_tls=settings.smtp_tls,
+                # False, not None: aiosmtplib would otherwise upgrade whenever the server offers it.
+                start_tls=settings.smtp_starttls,
+                timeout=settings.smtp_timeout_s,
+            )
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            return Delivery(ok=False, error=_describe(exc), temporary=_transient(exc))
+        return Delivery.sent()
+
+
+class PostfachChannel:
+    """Posts messages to a mailbox API in the style of the BundID-Postfach.
+
+    ``POST {NOTIFY_POSTFACH_URL}`` with ``Authorization: Bearer {NOTIFY_POSTFACH_TOKEN}``, ``Idempotency-Key:
+    <notification id>`` (the same on every attempt) and the JSON body ``{"postfach_id", "subject", "body",
+    "reference", "language"}``. Any 2xx is delivered; 408, 429 and 5xx, timeouts and connection errors are
+    retried; any other answer is permanent.
+    """
+
+    def __init__(self, settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.settings = settings
+        self.client = httpx.AsyncClient(timeout=settings.postfach_timeout_s, transport=transport)
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self.client.aclose()
+
+    async def deliver(self, notification_id: UUID, contact: Contact, message: Message) -> Delivery:
+        """One POST to the mailbox API."""
+        if not self.settings.postfach_url:
+            return Delivery.permanent("postfach not configured")
+        if not contact.postfach_id:
+            return Delivery.permanent("the contact has no postfach_id")
+        headers = {"Idempotency-Key": str(notification_id)}
+        if self.settings.postfach_token is not None:
+            headers["Authorization"] = f"Bearer {self.settings.postfach_token.get_secret_value()}"
+        payload = {
+            "postfach_id": contact.postfach_id,
+            "subject": message.subject,
+            "body": message.body,
+            "reference": contact.reference,
+            "language": message.language,
+        }
+        try:
+            response = await self.client.post(self.settings.postfach_url, json=payload, headers=headers)
+        except httpx.TransportError as exc:
+            return Delivery.retry(type(exc).__name__)
+        if response.is_success:
+            return Delivery.sent()
+        error = f"HTTP {response.status_code}"
+        if response.status_code in (408, 429) or response.status_code >= 500:
+            return Delivery.retry(error)
+        return Delivery.permanent(error)
+
+
+class LetterChannel:
+    """Writes a PDF letter (DIN 5008) per message into the outbox directory, from where it is printed and posted.
+
+    The file appears atomically (written beside it, then renamed), named by case reference and notification id,
+    so printing software never picks up half a letter and a repeated attempt replaces rather than duplicates it.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.directory = Path(settings.letter_dir)
+
+    def recipient(self, contact: Contact) -> list[str] | None:
+        """The address block, or None when the contact has no complete postal address."""
+        if not (contact.street and contact.postal_code and contact.city):
+            return None
+        lines = [contact.name, contact.street, f"{contact.postal_code} {contact.city}"]
+        if contact.country and contact.country != "DE":
+            lines.append(contact.country)
+        return lines
+
+    def _write(self, name: str, pdf: bytes) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=self.directory, prefix=".", suffix=".part")
+        try:
+            with os.fdopen(handle, "wb") as file:
+                file.write(pdf)
+            os.replace(temporary, self.directory / name)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
+
+    async def deliver(self, notification_id: UUID, contact: Contact, message: Message) -> Delivery:
+        """Render the letter and put it into the outbox."""
+        recipient = self.recipient(contact)
+        if recipient is None:
+            return Delivery.permanent("the contact has no postal address")
+        content = LetterContent(
+            sender_line=self.settings.letter_sender,
+            letterhead=self.settings.letter_sender.split("·")[0].strip(),
+            recipient=recipient,
+            reference=contact.reference,
+            subject=message.subject,
+            body=message.body,
+            language=message.language,
+            date=datetime.now(UTC).date(),
+        )
+        name = letter_filename(contact.reference, str(notification_id))
+        try:
+            pdf = await anyio.to_thread.run_sync(render_letter, content)
+            await anyio.to_thread.run_sync(self._write, name, pdf)
+        except OSError as exc:
+            # A full or unmounted outbox: worth trying again later.
+            return Delivery.retry(type(exc).__name__)
+        return Delivery.sent()

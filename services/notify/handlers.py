@@ -1,8 +1,9 @@
 """Notify's consumers: turn case events into messages to the applicant and report each outcome on
 ``ozg.notifications``.
 
-Each event is claimed (processed-event record plus a pending notification, one transaction) before anything is
-sent, so a redelivered event never sends a second message. Logs carry ids only, never contact data.
+Each event is claimed (processed-event record plus a notification due at once, one transaction) before anything
+is sent, so a redelivered event never sends a second message; the first attempt is made right away, any retry
+from the persisted schedule (:mod:`services.notify.delivery`). Logs carry ids only, never contact data.
 """
 
 from __future__ import annotations
@@ -16,30 +17,24 @@ from uuid import UUID
 import anyio.to_thread
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaMessage
-from prometheus_client import CollectorRegistry, Counter
 
-from services.notify.channels import Channel
+from services.notify.delivery import Deliverer, now_utc
 from services.notify.messages import Renderer, service_name
-from services.notify.models import Contact, Notification, NotificationStatus
+from services.notify.models import FINAL_STATUSES, Contact
 from services.notify.settings import Settings
 from services.notify.store import Claimed, NotifyStore, UnknownContactError
 from shared import events, topics
-from shared.envelope import Envelope, InvalidEvent, build_event, derived_event_id
+from shared.envelope import Envelope, InvalidEvent
 from shared.events import (
     ApplicationRouted,
     ApplicationSubmitted,
     ApplicationUnroutable,
     CaseStatus,
     CaseStatusChanged,
-    NotificationOutcome,
-    ReplyChannel,
 )
-from shared.kafka import publish, read_event
+from shared.kafka import read_event
 
 log = logging.getLogger(__name__)
-
-SOURCE = "/ozg/notify"
-INTERRUPTED = "delivery interrupted before its outcome was recorded; not sent again"
 
 # The statuses of status-changed events the applicant hears about; routed and unroutable have their own events.
 ANNOUNCED_STATUSES = frozenset(
@@ -54,6 +49,9 @@ ANNOUNCED_STATUSES = frozenset(
     }
 )
 
+# The statuses that end a case: the retention period of its contact data runs from the first of them (SPEC §7).
+ENDING_STATUSES = frozenset({CaseStatus.CLOSED, CaseStatus.WITHDRAWN, CaseStatus.REJECTED})
+
 
 @dataclass(frozen=True)
 class Trigger:
@@ -67,6 +65,8 @@ class Trigger:
     contact: Contact | None = None
     # The competent authority, when the event is the routed event that names it.
     authority_name: str | None = None
+    # Whether the event ends the case (closed, withdrawn, rejected), starting the retention clock.
+    ends_case: bool = False
 
 
 def trigger_of(envelope: Envelope) -> Trigger | None:
@@ -82,7 +82,12 @@ def trigger_of(envelope: Envelope) -> Trigger | None:
             reply_channel=applicant.reply_channel,
             name=applicant.name,
             email=str(applicant.contact.email) if applicant.contact.email else None,
+            postfach_id=applicant.contact.postfach_id,
         )
+        if applicant.contact.address is not None:
+            address = applicant.contact.address
+            contact.street, contact.postal_code = address.street, address.postal_code
+            contact.city, contact.country = address.city, address.country
         return Trigger(case_id=submitted.case_id, template="submitted", contact=contact)
     if envelope.type == events.ROUTED_V1:
         routed = envelope.data_as(ApplicationRouted)
@@ -103,32 +108,21 @@ def trigger_of(envelope: Envelope) -> Trigger | None:
                 "message": changed.message,
                 "problems": [problem.title for problem in changed.problems],
             },
+            ends_case=changed.status in ENDING_STATUSES,
         )
     raise InvalidEvent(f"notify does not expect {envelope.type}")
 
 
 class Notifier:
-    """Delivers the message each event calls for, exactly once per (event, channel), and reports the outcome."""
+    """Turns each event into the message it calls for, exactly once per (event, channel), and hands it over."""
 
     def __init__(
-        self,
-        *,
-        broker: KafkaBroker,
-        store: NotifyStore,
-        settings: Settings,
-        renderer: Renderer,
-        channels: Mapping[ReplyChannel, Channel],
-        registry: CollectorRegistry,
+        self, *, store: NotifyStore, settings: Settings, renderer: Renderer, deliverer: Deliverer
     ) -> None:
-        self.broker = broker
         self.store = store
         self.settings = settings
         self.renderer = renderer
-        self.channels = channels
-        self.outcomes = Counter(
-            "ozg_notifications", "Notifications to applicants, by channel and outcome", ["channel", "outcome"],
-            registry=registry,
-        )
+        self.deliverer = deliverer
 
     def context(self, contact: Contact, trigger: Trigger) -> dict[str, object]:
         """The template variables of a message: case metadata only, never the form."""
@@ -138,6 +132,7 @@ class Notifier:
             "service": service_name(contact.leika_key, contact.language),
             "authority": trigger.authority_name or contact.authority_name,
             "status_url": f"{self.settings.status_base_url.rstrip('/')}/{contact.case_id}",
+            "channel": contact.reply_channel.value,
             "status": None,
             "outcome": None,
             "message": None,
@@ -146,12 +141,15 @@ class Notifier:
         }
 
     async def handle(self, envelope: Envelope) -> None:
-        """Process one event: claim it, deliver its message, record and publish the outcome."""
+        """Process one event: claim it with its rendered message, then make the first delivery attempt."""
         trigger = trigger_of(envelope)
         if trigger is None:
             return
         contact = trigger.contact or await anyio.to_thread.run_sync(self.store.contact, trigger.case_id)
         if contact is None:
+            if await anyio.to_thread.run_sync(self.store.processed, envelope.id):
+                # A redelivery after the contact was deleted (retention): it took effect long ago.
+                return
             raise UnknownContactError(f"no contact for case {trigger.case_id}")
         # Rendered before the claim: a failure here is retried with nothing recorded yet.
         message = self.renderer.render(trigger.template, contact.language, self.context(contact, trigger))
@@ -161,67 +159,23 @@ class Notifier:
                 event_id=envelope.id,
                 event_type=envelope.type,
                 case_id=trigger.case_id,
+                message=message,
+                now=now_utc(),
                 new_contact=trigger.contact,
                 authority_name=trigger.authority_name,
+                ended=trigger.ends_case,
             )
         )
-        if not isinstance(claim, Claimed):
-            await self._resume(claim.notifications)
+        if isinstance(claim, Claimed):
+            await self.deliverer.attempt(claim.notification.notification_id)
             return
-        channel = claim.notification.channel
-        delivery = await self.channels[channel].deliver(claim.contact, message)
-        notification = await anyio.to_thread.run_sync(
-            self.store.finish,
-            claim.notification.notification_id,
-            NotificationStatus.SENT if delivery.ok else NotificationStatus.FAILED,
-            delivery.attempts,
-            delivery.error,
-        )
-        self._count(notification)
-        await self._publish_outcome(notification)
-
-    async def _resume(self, notifications: list[Notification]) -> None:
-        """A redelivered event: send nothing, but make sure each outcome is recorded and published."""
-        for notification in notifications:
-            if notification.status is NotificationStatus.PENDING:
-                # The earlier delivery was cut short; whether it went out is unknown, and sending again could
-                # send twice. Report it failed, for an operator to follow up.
-                notification = await anyio.to_thread.run_sync(
-                    self.store.finish, notification.notification_id, NotificationStatus.FAILED,
-                    notification.attempts, INTERRUPTED,
-                )
-                self._count(notification)
-            # Same event id as the first time: if that publish went out, consumers drop this one.
-            await self._publish_outcome(notification)
-
-    def _count(self, notification: Notification) -> None:
-        self.outcomes.labels(notification.channel.value, notification.status.value).inc()
-        log.info(
-            "notification %s", notification.status.value,
-            extra={"notification_id": str(notification.notification_id), "case_id": str(notification.case_id),
-                   "channel": notification.channel.value, "trigger_event_id": notification.trigger_event_id,
-                   "attempts": notification.attempts, "error": notification.error},
-        )
-
-    async def _publish_outcome(self, notification: Notification) -> None:
-        sent = notification.status is NotificationStatus.SENT
-        event_type = events.NOTIFICATION_SENT_V1 if sent else events.NOTIFICATION_FAILED_V1
-        event = build_event(
-            event_type=event_type,
-            source=SOURCE,
-            subject=str(notification.case_id),
-            event_id=derived_event_id(str(notification.notification_id), event_type),
-            data=NotificationOutcome(
-                notification_id=notification.notification_id,
-                case_id=notification.case_id,
-                channel=notification.channel,
-                trigger_event_id=notification.trigger_event_id,
-                trigger_type=notification.trigger_type,
-                attempts=notification.attempts,
-                error=notification.error,
-            ),
-        )
-        await publish(self.broker, topics.NOTIFICATIONS, event)
+        # A redelivered event: send nothing new. Finish what the first delivery left undone: publish an outcome
+        # that isn't yet, or make an attempt that is due (both no-ops if done or owned elsewhere).
+        for notification in claim.notifications:
+            if notification.status in FINAL_STATUSES:
+                await self.deliverer.finished(notification)
+            else:
+                await self.deliverer.attempt(notification.notification_id)
 
 
 def register(broker: KafkaBroker, notifier: Notifier, group_id: str) -> None:

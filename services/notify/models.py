@@ -11,6 +11,7 @@ from uuid import UUID
 
 from pydantic import BaseModel
 from sqlalchemy import Enum as SaEnum
+from sqlalchemy import Text
 from sqlmodel import Field, SQLModel, UniqueConstraint
 
 from shared.events import ReplyChannel
@@ -34,10 +35,15 @@ def _enum_column(enum_type: type[enum.StrEnum], length: int) -> SaEnum:
 class NotificationStatus(enum.StrEnum):
     """Where a notification stands."""
 
-    # Claimed and being delivered; a row left pending means the process died mid-delivery.
+    # Waiting for its (next) attempt at ``next_attempt_at``: the persisted retry schedule.
     PENDING = "pending"
+    # An attempt is under way until ``next_attempt_at`` (the lease); one left past its lease was interrupted.
+    SENDING = "sending"
     SENT = "sent"
     FAILED = "failed"
+
+
+FINAL_STATUSES = frozenset({NotificationStatus.SENT, NotificationStatus.FAILED})
 
 
 class Contact(SQLModel, table=True):
@@ -52,9 +58,27 @@ class Contact(SQLModel, table=True):
     reply_channel: ReplyChannel = Field(sa_type=_enum_column(ReplyChannel, 16))
     name: str = Field(max_length=200)
     email: str | None = Field(default=None, max_length=320)
+    postfach_id: str | None = Field(default=None, max_length=200)
+    # The postal address, for letters.
+    street: str | None = Field(default=None, max_length=100)
+    postal_code: str | None = Field(default=None, max_length=10)
+    city: str | None = Field(default=None, max_length=100)
+    country: str | None = Field(default=None, max_length=2)
     # Learnt from the routed event, so later status messages can name the authority too.
     authority_name: str | None = Field(default=None, max_length=300)
     created_at: datetime = Field(default_factory=_now)
+    # When the case ended (closed, withdrawn, rejected): the retention period of SPEC §7 runs from here.
+    ended_at: datetime | None = Field(default=None, index=True)
+
+    def categories(self) -> list[str]:
+        """The categories of personal data this row holds, as named in deletion events."""
+        held = {
+            "name": bool(self.name),
+            "email": self.email is not None,
+            "postfach_id": self.postfach_id is not None,
+            "postal_address": self.street is not None,
+        }
+        return [category for category, present in held.items() if present]
 
 
 class Notification(SQLModel, table=True):
@@ -75,6 +99,30 @@ class Notification(SQLModel, table=True):
     error: str | None = Field(default=None, max_length=500)
     created_at: datetime = Field(default_factory=_now)
     sent_at: datetime | None = None
+    # PENDING: when the next attempt is due; SENDING: until when the running attempt holds the row.
+    next_attempt_at: datetime | None = Field(default=None, index=True)
+    last_attempt_at: datetime | None = None
+    # Set once the final outcome is on ozg.notifications; a final row without it is published again.
+    outcome_published_at: datetime | None = None
+    # The rendered message, kept only while it may still be sent (it names the applicant); cleared when final.
+    subject: str | None = Field(default=None, max_length=300)
+    body: str | None = Field(default=None, sa_type=Text)
+    language: str | None = Field(default=None, max_length=2)
+
+
+class Deletion(SQLModel, table=True):
+    """A case whose contact data was deleted after the retention period, and whether that was published.
+
+    The deletion event goes out from here (an outbox), so a crash between the delete and the publish loses
+    nothing. No personal data: the case id, the categories deleted and when.
+    """
+
+    __tablename__ = "deletions"
+
+    case_id: UUID = Field(primary_key=True)
+    categories: str = Field(max_length=200)
+    deleted_at: datetime = Field(default_factory=_now)
+    published_at: datetime | None = None
 
 
 class NotificationPublic(BaseModel):
@@ -90,3 +138,5 @@ class NotificationPublic(BaseModel):
     error: str | None = None
     created_at: datetime
     sent_at: datetime | None = None
+    next_attempt_at: datetime | None = None
+    last_attempt_at: datetime | None = None

@@ -15,6 +15,7 @@ class Settings(ServiceSettings):
     port: int = 8003
     database_url: str = "sqlite:///./.run/notify.db"
 
+    # E-mail over SMTP.
     smtp_host: str = "127.0.0.1"
     smtp_port: int = Field(default=2525, ge=1, le=65535)
     smtp_username: str | None = None
@@ -23,10 +24,38 @@ class Settings(ServiceSettings):
     smtp_starttls: bool = False
     smtp_tls: bool = False
     smtp_timeout_s: float = Field(default=10.0, gt=0)
-    # A transient SMTP failure (relay down, 4xx) is tried this many times in all before the notification fails.
-    smtp_attempts: int = Field(default=3, ge=1)
-    smtp_backoff_s: float = Field(default=1.0, ge=0)
-
     mail_from: str = "OZG Servicekonto <noreply@ozg.example>"
+
+    # The mailbox API in the style of the BundID-Postfach; without a URL, Postfach messages fail as not configured.
+    postfach_url: str | None = None
+    postfach_token: SecretStr | None = None
+    postfach_timeout_s: float = Field(default=10.0, gt=0)
+
+    # Letters for applicants without a digital channel: PDF files in this outbox directory, for printing.
+    letter_dir: str = ".run/letters"
+    # The sender line above the address window (DIN 5008 "Rücksendeangabe") and the letterhead.
+    letter_sender: str = "OZG-Servicestelle · Musterstraße 1 · 10115 Berlin"
+
+    # Delivery: a temporary failure is retried from the persisted schedule with exponential back-off
+    # (retry_backoff_s, doubled per attempt, at most retry_backoff_max_s) until max_attempts attempts or
+    # max_age_s after the notification was created; then it fails.
+    max_attempts: int = Field(default=8, ge=1)
+    max_age_s: float = Field(default=24 * 3600, ge=0)
+    retry_backoff_s: float = Field(default=30.0, ge=0)
+    retry_backoff_max_s: float = Field(default=3600.0, ge=0)
+    # How often the background job looks for due retries, lapsed attempts and unpublished outcomes.
+    scheduler_interval_s: float = Field(default=5.0, gt=0)
+    # How long one attempt may hold a notification; one still "sending" after this was interrupted (a crash).
+    attempt_lease_s: float = Field(default=120.0, gt=0)
+
+    # Messages per second per channel (a token bucket; bursts up to one second's worth); 0 means no limit.
+    rate_email_per_s: float = Field(default=10.0, ge=0)
+    rate_postfach_per_s: float = Field(default=10.0, ge=0)
+    rate_letter_per_s: float = Field(default=50.0, ge=0)
+
+    # Contact data is deleted this long after the case ended (SPEC §7); fractions allowed (tests use seconds).
+    retention_days: float = Field(default=30.0, ge=0)
+    retention_interval_s: float = Field(default=3600.0, gt=0)
+
     # The applicant's status link is ``{status_base_url}/{case_id}``.
     status_base_url: str = "http://127.0.0.1:8001/v1/applications"

@@ -1,18 +1,26 @@
 """Notify's database operations; synchronous, called from async code through a worker thread."""
 
-from __future__ import annotations
-
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from uuid import UUID
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from services.notify.models import Contact, Notification, NotificationPublic, NotificationStatus
+from services.notify.messages import Message
+from services.notify.models import (
+    FINAL_STATUSES,
+    Contact,
+    Deletion,
+    Notification,
+    NotificationPublic,
+    NotificationStatus,
+)
 from shared.envelope import derived_event_id
-from shared.idempotency import first_delivery
+from shared.idempotency import ProcessedEvent, first_delivery
+
+OPEN_STATUSES = (NotificationStatus.PENDING, NotificationStatus.SENDING)
 
 
 class UnknownContactError(Exception):
@@ -25,7 +33,7 @@ class UnknownContactError(Exception):
 
 @dataclass(frozen=True)
 class Claimed:
-    """The event is new: its notification was recorded as pending and must now be delivered."""
+    """The event is new: its notification was recorded as pending (due at once) and must now be delivered."""
 
     notification: Notification
     contact: Contact
@@ -38,13 +46,22 @@ class Seen:
     notifications: list[Notification]
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """A notification this process now holds for one attempt, with its message and the contact to send to."""
+
+    notification: Notification
+    contact: Contact | None
+    message: Message | None
+
+
 def notification_id(trigger_event_id: str) -> UUID:
     """The deterministic id of the notification an event causes, so a redelivery maps onto the same row."""
     return UUID(derived_event_id(trigger_event_id, "notification"))
 
 
 class NotifyStore:
-    """Contacts of applicants, notifications and the processed events of notify's consumer."""
+    """Contacts of applicants, notifications and their retry schedule, deletions, and processed events."""
 
     CONSUMER = "notify.notifications"
 
@@ -56,9 +73,19 @@ class NotifyStore:
         return Session(self.engine, expire_on_commit=False)
 
     def contact(self, case_id: UUID) -> Contact | None:
-        """The contact of a case, or None if its submitted event hasn't been seen."""
+        """The contact of a case, or None if its submitted event hasn't been seen (or it was deleted)."""
         with self._session() as session:
             return session.get(Contact, case_id)
+
+    def processed(self, event_id: str) -> bool:
+        """Whether notify's consumer has processed ``event_id`` before."""
+        with self._session() as session:
+            return session.get(ProcessedEvent, (self.CONSUMER, event_id)) is not None
+
+    def notification(self, notification_id: UUID) -> Notification | None:
+        """One notification."""
+        with self._session() as session:
+            return session.get(Notification, notification_id)
 
     def claim(
         self,
@@ -66,14 +93,17 @@ class NotifyStore:
         event_id: str,
         event_type: str,
         case_id: UUID,
+        message: Message,
+        now: datetime,
         new_contact: Contact | None = None,
         authority_name: str | None = None,
+        ended: bool = False,
     ) -> Claimed | Seen:
-        """Record, in one transaction, that ``event_id`` is processed and that its notification is pending.
+        """Record, in one transaction, that ``event_id`` is processed and that its notification is due now.
 
         ``new_contact`` (from a submitted event) is stored first; ``authority_name`` (from a routed event) is
-        remembered on the contact for later messages. Raises :class:`UnknownContactError` when the case has no
-        contact.
+        remembered on the contact for later messages; ``ended`` (the case closed, was withdrawn or rejected)
+        starts the retention clock. Raises :class:`UnknownContactError` when the case has no contact.
         """
         with self._session() as session:
             if not first_delivery(session, self.CONSUMER, event_id):
@@ -85,6 +115,8 @@ class NotifyStore:
                 raise UnknownContactError(f"no contact for case {case_id}")
             if authority_name is not None:
                 contact.authority_name = authority_name
+            if ended and contact.ended_at is None:
+                contact.ended_at = now
             session.add(contact)
             notification = Notification(
                 notification_id=notification_id(event_id),
@@ -92,6 +124,12 @@ class NotifyStore:
                 channel=contact.reply_channel,
                 trigger_event_id=event_id,
                 trigger_type=event_type,
+                status=NotificationStatus.PENDING,
+                created_at=now,
+                next_attempt_at=now,
+                subject=message.subject,
+                body=message.body,
+                language=message.language,
             )
             session.add(notification)
             try:
@@ -102,19 +140,176 @@ class NotifyStore:
                 return Seen(self._caused_by(session, event_id))
             return Claimed(notification=notification, contact=contact)
 
-    def finish(
-        self, notification_id: UUID, status: NotificationStatus, attempts: int, error: str | None = None
-    ) -> Notification:
-        """Record the outcome of a delivery."""
+    def start_attempt(self, notification_id: UUID, *, now: datetime, lease_until: datetime) -> Attempt | None:
+        """Take a due notification for one attempt (None if it isn't due, or another worker took it).
+
+        The conditional update lets exactly one of several workers (replicas, the consumer and the scheduler)
+        win; the lease marks the attempt as under way, so a crash during it is noticed later.
+        """
         with self._session() as session:
-            notification = session.get_one(Notification, notification_id)
-            notification.status = status
-            notification.attempts = attempts
-            notification.error = error[:500] if error else None
-            notification.sent_at = datetime.now(UTC) if status is NotificationStatus.SENT else None
+            result = session.execute(
+                update(Notification)
+                .where(
+                    col(Notification.notification_id) == notification_id,
+                    col(Notification.status) == NotificationStatus.PENDING,
+                    col(Notification.next_attempt_at) <= now,
+                )
+                .values(
+                    status=NotificationStatus.SENDING,
+                    attempts=col(Notification.attempts) + 1,
+                    next_attempt_at=lease_until,
+                    last_attempt_at=now,
+                )
+            )
+            session.commit()
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                return None
+            notification = session.get_one(Notification, notification_id, populate_existing=True)
+            message = None
+            if notification.subject is not None and notification.body is not None:
+                message = Message(subject=notification.subject, body=notification.body,
+                                  language=notification.language or "de")
+            return Attempt(notification, session.get(Contact, notification.case_id), message)
+
+    def record_attempt(
+        self,
+        notification_id: UUID,
+        *,
+        status: NotificationStatus,
+        now: datetime,
+        error: str | None = None,
+        next_attempt_at: datetime | None = None,
+    ) -> Notification:
+        """Record an attempt's result: final (sent or failed) or pending again until ``next_attempt_at``.
+
+        Only a notification still held by the attempt changes; a final one (a lapsed lease already reported)
+        is returned as it is.
+        """
+        with self._session() as session:
+            notification = session.get_one(Notification, notification_id, with_for_update=True)
+            if notification.status != NotificationStatus.SENDING:
+                return notification
+            self._apply(notification, status=status, now=now, error=error, next_attempt_at=next_attempt_at)
             session.add(notification)
             session.commit()
             return notification
+
+    def fail_unsent(self, notification_id: UUID, *, now: datetime, error: str) -> Notification | None:
+        """Fail a notification that is pending or whose attempt lapsed, without an attempt; None if it moved on."""
+        with self._session() as session:
+            notification = session.get_one(Notification, notification_id, with_for_update=True)
+            lapsed = notification.status == NotificationStatus.SENDING and (
+                notification.next_attempt_at is None or notification.next_attempt_at <= now
+            )
+            if not (lapsed or notification.status == NotificationStatus.PENDING):
+                return None
+            self._apply(notification, status=NotificationStatus.FAILED, now=now, error=error)
+            session.add(notification)
+            session.commit()
+            return notification
+
+    @staticmethod
+    def _apply(
+        notification: Notification,
+        *,
+        status: NotificationStatus,
+        now: datetime,
+        error: str | None,
+        next_attempt_at: datetime | None = None,
+    ) -> None:
+        notification.status = status
+        notification.error = error[:500] if error else None
+        notification.last_attempt_at = now
+        if status in FINAL_STATUSES:
+            notification.next_attempt_at = None
+            notification.sent_at = now if status == NotificationStatus.SENT else None
+            # The text names the applicant; once it can't be sent any more, it goes.
+            notification.subject = notification.body = notification.language = None
+        else:
+            notification.next_attempt_at = next_attempt_at
+
+    def mark_published(self, notification_id: UUID, now: datetime) -> None:
+        """Note that the final outcome is on ``ozg.notifications``."""
+        with self._session() as session:
+            notification = session.get_one(Notification, notification_id)
+            notification.outcome_published_at = now
+            session.add(notification)
+            session.commit()
+
+    def due(self, now: datetime, limit: int = 100) -> list[UUID]:
+        """Pending notifications whose next attempt is due, the longest-waiting first."""
+        with self._session() as session:
+            return list(
+                session.exec(
+                    select(Notification.notification_id)
+                    .where(Notification.status == NotificationStatus.PENDING, col(Notification.next_attempt_at) <= now)
+                    .order_by(col(Notification.next_attempt_at))
+                    .limit(limit)
+                ).all()
+            )
+
+    def lapsed(self, now: datetime, limit: int = 100) -> list[UUID]:
+        """Notifications whose attempt outlived its lease: the process died during it."""
+        with self._session() as session:
+            return list(
+                session.exec(
+                    select(Notification.notification_id)
+                    .where(Notification.status == NotificationStatus.SENDING, col(Notification.next_attempt_at) <= now)
+                    .limit(limit)
+                ).all()
+            )
+
+    def unpublished(self, before: datetime, limit: int = 100) -> list[Notification]:
+        """Final notifications whose outcome was not published (a crash or broker outage after recording it)."""
+        with self._session() as session:
+            return list(
+                session.exec(
+                    select(Notification)
+                    .where(
+                        col(Notification.status).in_(FINAL_STATUSES),
+                        col(Notification.outcome_published_at).is_(None),
+                        col(Notification.last_attempt_at) <= before,
+                    )
+                    .limit(limit)
+                ).all()
+            )
+
+    def expired_contacts(self, cutoff: datetime, limit: int = 100) -> list[UUID]:
+        """Cases that ended before ``cutoff`` and have no message still on its way: their contacts are due."""
+        with self._session() as session:
+            still_open = select(Notification.case_id).where(col(Notification.status).in_(OPEN_STATUSES))
+            return list(
+                session.exec(
+                    select(Contact.case_id)
+                    .where(col(Contact.ended_at) <= cutoff, col(Contact.case_id).not_in(still_open))
+                    .limit(limit)
+                ).all()
+            )
+
+    def delete_contact(self, case_id: UUID, now: datetime) -> None:
+        """Delete a case's contact data and record the deletion for publishing, in one transaction."""
+        with self._session() as session:
+            contact = session.get(Contact, case_id)
+            if contact is None:
+                return
+            session.add(Deletion(case_id=case_id, categories=",".join(contact.categories()), deleted_at=now))
+            session.delete(contact)
+            session.commit()
+
+    def unpublished_deletions(self, limit: int = 100) -> list[Deletion]:
+        """Deletions whose event has not gone out yet."""
+        with self._session() as session:
+            return list(
+                session.exec(select(Deletion).where(col(Deletion.published_at).is_(None)).limit(limit)).all()
+            )
+
+    def mark_deletion_published(self, case_id: UUID, now: datetime) -> None:
+        """Note that the deletion event is on the deletions topic."""
+        with self._session() as session:
+            deletion = session.get_one(Deletion, case_id)
+            deletion.published_at = now
+            session.add(deletion)
+            session.commit()
 
     def for_case(self, case_id: UUID) -> list[NotificationPublic] | None:
         """A case's notifications, oldest first; None if notify knows nothing of the case."""

@@ -21,8 +21,8 @@ STATUS_URL = "http://127.0.0.1:8001/v1/applications/0190c4a4-0000-7000-8000-0000
 def context(**extra: object) -> dict[str, object]:
     return {
         "name": "Erika Mustermann", "reference": REFERENCE, "service": "Wohngeld (Mietzuschuss)",
-        "authority": None, "status_url": STATUS_URL, "status": None, "outcome": None, "message": None,
-        "problems": [], **extra,
+        "authority": None, "status_url": STATUS_URL, "channel": "email", "status": None, "outcome": None,
+        "message": None, "problems": [], **extra,
     }
 
 
@@ -84,7 +84,29 @@ async def test_a_line_break_in_a_name_is_not_sent() -> None:
                       email="erika@example.org")
     channel = EmailChannel(Settings(smtp_port=free_port()))
     message = Renderer().render("submitted", "de", context())
-    delivery = await channel.deliver(contact, message)
+    delivery = await channel.deliver(uuid.uuid4(), contact, message)
     assert not delivery.ok
-    assert delivery.attempts == 0
+    assert not delivery.temporary
     assert delivery.error == "invalid message: ValueError"
+
+
+@pytest.mark.parametrize(
+    ("channel", "closing"),
+    [("email", "nicht auf diese E-Mail"), ("postfach", "nicht auf diese Nachricht"), ("letter", "ohne Unterschrift")],
+)
+def test_the_closing_line_fits_the_channel(channel: str, closing: str) -> None:
+    message = Renderer().render("submitted", "de", context(channel=channel))
+    assert closing in message.body
+
+
+@pytest.mark.parametrize("language", ["de", "en"])
+@pytest.mark.parametrize("template", ["submitted", "routed", "unroutable", "status-changed"])
+def test_templates_address_the_applicant_formally(language: str, template: str) -> None:
+    """German texts use the formal "Sie" only; no informal "du"/"dein" anywhere."""
+    statuses = sorted(ANNOUNCED_STATUSES) if template == "status-changed" else [CaseStatus.RECEIVED]
+    for status in statuses:
+        body = Renderer().render(template, language, context(status=status.value, authority="Stadt Kassel")).body
+        words = {word.strip(".,:;!?„“\"()").lower() for word in body.split()}
+        if language == "de":
+            assert words.isdisjoint({"du", "dich", "dir", "dein", "deine", "deinen", "deinem", "deiner"})
+            assert "Sie" in body or "Ihr" in body

@@ -35,6 +35,7 @@ from shared.events import (
     Contact,
     NotificationOutcome,
     Outcome,
+    PostalAddress,
     Region,
     ReplyChannel,
     ResolvedRegion,
@@ -62,12 +63,17 @@ class Case:
         self.leika_key = leika_key
         self.email = f"applicant-{self.case_id.hex[:8]}@example.org"
         self.name = "Erika Mustermann"
+        self.postfach_id = f"postfach-{self.case_id.hex[:8]}"
+        self.street = f"Donaupark {secrets.randbelow(900) + 100}"
         self.form_secret = f"FORMDATA-{secrets.token_hex(8)}"
 
     def submitted(self) -> OutgoingEvent:
         contact = {
             ReplyChannel.EMAIL: Contact(email=self.email),
-            ReplyChannel.POSTFACH: Contact(postfach_id=f"postfach-{self.case_id.hex[:8]}"),
+            ReplyChannel.POSTFACH: Contact(postfach_id=self.postfach_id),
+            ReplyChannel.LETTER: Contact(
+                address=PostalAddress(street=self.street, postal_code="93309", city="Kelheim")
+            ),
         }[self.channel]
         data = ApplicationSubmitted(
             case_id=self.case_id, reference=self.reference, leika_key=self.leika_key,
@@ -147,7 +153,7 @@ def sqlite_url(tmp_path: Path) -> str:
 
 def assert_no_personal_data(record: ConsumerRecord[bytes, bytes], case: Case) -> None:
     raw = record.value + b"".join(value for _, value in record.headers)
-    for secret in (case.email, case.name, case.form_secret):
+    for secret in (case.email, case.name, case.form_secret, case.postfach_id, case.street):
         assert secret.encode() not in raw
 
 
@@ -248,24 +254,31 @@ async def test_english_applicant_gets_english_text(
 async def test_redelivered_event_sends_nothing_new(
     tmp_path: Path, kafka_settings: KafkaSettings, mailbox: Mailbox
 ) -> None:
-    """The same ce_id twice: one mail, one notification; the outcome is re-published under the same event id."""
+    """The same ce_id twice: one mail, one notification, one outcome event.
+
+    A later event of the case on the same topic (so the same partition, after the redelivery) is the sentinel:
+    once its mail is here, the redelivery was processed, and it sent and published nothing.
+    """
     case = Case()
     async with notify(kafka_settings, sqlite_url(tmp_path), mailbox.port) as (service, client):
         submitted = case.submitted()
         await send(kafka_settings, topics.SUBMITTED, submitted)
         await mail_about(mailbox, case.reference)
         await send(kafka_settings, topics.SUBMITTED, submitted)
+        sentinel = case.submitted()
+        await send(kafka_settings, topics.SUBMITTED, sentinel)
+        await mail_about(mailbox, case.reference, 2)
 
-        # The second outcome record proves the redelivery was processed; its id shows it is the same outcome.
-        first, second = await outcomes(kafka_settings, case, 2)
-        assert header(first, "ce_id") == header(second, "ce_id")
-        assert len(mailbox.about(case.reference)) == 1
+        records = await outcomes(kafka_settings, case, 2)
+        triggers = [parse_event(r.headers, r.value).data_as(NotificationOutcome).trigger_event_id for r in records]
+        assert sorted(triggers) == sorted([submitted.event_id, sentinel.event_id])
+        assert len(mailbox.about(case.reference)) == 2
 
         _, operator_key = await issue_key(kafka_settings, ClientKind.OPERATOR, service=service)
         answer = await client.get("/v1/notifications", params={"case_id": str(case.case_id)},
                                   headers={"Authorization": f"Bearer {operator_key}"})
-        assert len(answer.json()) == 1
-        assert answer.json()[0]["attempts"] == 1
+        assert [item["trigger_event_id"] for item in answer.json()] == [submitted.event_id, sentinel.event_id]
+        assert [item["attempts"] for item in answer.json()] == [1, 1]
 
 
 async def test_poison_messages_are_dead_lettered_and_the_consumer_keeps_going(
@@ -321,7 +334,7 @@ async def test_notifications_api_needs_the_operator_scope(
 ) -> None:
     """401 without a key, 403 with a portal key, 200 with an operator key; 404 for an unknown case.
 
-    The applicant chose the Postfach, which is not implemented yet: recorded and reported as failed, no crash.
+    The applicant chose the Postfach, which this instance has no URL for: recorded and reported as failed.
     """
     case = Case(channel=ReplyChannel.POSTFACH)
     async with notify(kafka_settings, sqlite_url(tmp_path), mailbox.port) as (service, client):
@@ -331,8 +344,8 @@ async def test_notifications_api_needs_the_operator_scope(
         assert header(record, "ce_type") == events.NOTIFICATION_FAILED_V1
         outcome = parse_event(record.headers, record.value).data_as(NotificationOutcome)
         assert outcome.channel is ReplyChannel.POSTFACH
-        assert outcome.error == "channel not implemented yet"
-        assert outcome.attempts == 0
+        assert outcome.error == "postfach not configured"
+        assert outcome.attempts == 1
 
         url, params = "/v1/notifications", {"case_id": str(case.case_id)}
         anonymous = await client.get(url, params=params)
@@ -351,7 +364,7 @@ async def test_notifications_api_needs_the_operator_scope(
         assert item["notification_id"] == str(outcome.notification_id)
         assert item["channel"] == "postfach"
         assert item["status"] == "failed"
-        assert item["error"] == "channel not implemented yet"
+        assert item["error"] == "postfach not configured"
         assert item["sent_at"] is None
 
         unknown = await client.get(url, params={"case_id": str(uuid.uuid4())}, headers=operator)
@@ -365,9 +378,10 @@ async def test_notifications_api_needs_the_operator_scope(
 async def test_unreachable_smtp_server_records_a_failed_notification(
     tmp_path: Path, kafka_settings: KafkaSettings
 ) -> None:
-    """Nothing listens on the SMTP port: the transient failure is retried, then recorded and reported as failed."""
+    """Nothing listens on the SMTP port: the temporary failure is retried from the schedule, then reported failed."""
     case = Case()
-    async with notify(kafka_settings, sqlite_url(tmp_path), free_port(), smtp_attempts=2, smtp_backoff_s=0.01):
+    async with notify(kafka_settings, sqlite_url(tmp_path), free_port(), max_attempts=2, retry_backoff_s=0.01,
+                      scheduler_interval_s=0.05):
         await send(kafka_settings, topics.SUBMITTED, case.submitted())
         [record] = await outcomes(kafka_settings, case, 1)
         assert header(record, "ce_type") == events.NOTIFICATION_FAILED_V1
