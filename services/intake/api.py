@@ -1,7 +1,6 @@
 """Intake's HTTP API for portals and citizens' offices (SPEC §5 intake)."""
 
 
-import asyncio
 import hashlib
 import json
 import logging
@@ -15,19 +14,17 @@ from fastapi import APIRouter, Depends, Header, Response, status
 from prometheus_client import Counter
 
 from services.intake.models import ApplicationAccepted, ApplicationCreate, Case, CasePublic
+from services.intake.publishing import BrokerUnavailable, SubmissionPublisher, submitted_event
 from services.intake.settings import Settings
 from services.intake.store import InFlight, IntakeStore, KeyReused, Replay, Reserved, new_reference
-from shared import catalogue, events, topics
+from shared import catalogue
 from shared.auth import require
-from shared.envelope import build_event
 from shared.events import ApplicationSubmitted, CaseStatus, ClientRecord
-from shared.kafka import publish
 from shared.problems import ProblemException
 from shared.runtime import Service
 
 log = logging.getLogger(__name__)
 
-SOURCE = "/ozg/intake"
 PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
 
 
@@ -60,7 +57,9 @@ def validate_form(body: ApplicationCreate) -> None:
                                title="Validation failed", errors=errors)
 
 
-def create_router(service: Service, store: IntakeStore, settings: Settings) -> APIRouter:
+def create_router(
+    service: Service, store: IntakeStore, settings: Settings, publisher: SubmissionPublisher
+) -> APIRouter:
     """The routes of intake's API."""
     router = APIRouter(prefix="/v1", tags=["applications"])
     received = Counter(
@@ -91,9 +90,16 @@ def create_router(service: Service, store: IntakeStore, settings: Settings) -> A
         """Accept an application; answers only after the broker acknowledged it (acks=all)."""
         validate_form(body)
         now = datetime.now(UTC)
+        case_id = uuid.UUID(str(uuid6.uuid7()))
+        reference = new_reference(now)
+        data = ApplicationSubmitted(
+            case_id=case_id, reference=reference, leika_key=body.leika_key, region=body.region,
+            applicant=body.applicant, form=body.form, attachments=[], client_id=client.client_id,
+            client_kind=client.kind, submitted_at=now,
+        )
         candidate = Case(
-            case_id=uuid.UUID(str(uuid6.uuid7())),
-            reference=new_reference(now),
+            case_id=case_id,
+            reference=reference,
             leika_key=body.leika_key,
             submitted_at=now,
             updated_at=now,
@@ -101,6 +107,7 @@ def create_router(service: Service, store: IntakeStore, settings: Settings) -> A
             idempotency_key=idempotency_key,
             body_hash=body_hash(body),
             event_id=str(uuid.uuid4()),
+            submission=data.model_dump_json(),
         )
         outcome = await anyio.to_thread.run_sync(store.reserve, candidate)
         if isinstance(outcome, KeyReused):
@@ -115,26 +122,23 @@ def create_router(service: Service, store: IntakeStore, settings: Settings) -> A
             return accepted(outcome.case)
         assert isinstance(outcome, Reserved)
         case = outcome.case
-        event = build_event(
-            event_type=events.SUBMITTED_V1,
-            source=SOURCE,
-            subject=str(case.case_id),
-            event_id=case.event_id,
-            time=now,
-            data=ApplicationSubmitted(
-                case_id=case.case_id, reference=case.reference, leika_key=body.leika_key, region=body.region,
-                applicant=body.applicant, form=body.form, attachments=[], client_id=client.client_id,
-                client_kind=client.kind, submitted_at=now,
-            ),
-        )
         try:
-            await asyncio.wait_for(publish(service.broker, topics.SUBMITTED, event), settings.publish_timeout_s)
-        except Exception as exc:  # noqa: BLE001 - whatever the broker did, nothing is half-accepted
+            await publisher.publish(submitted_event(case, data))
+        except BrokerUnavailable as exc:
+            log.warning("submission not published", extra={"case_id": str(case.case_id), "error": str(exc),
+                                                           "maybe_sent": exc.maybe_sent})
+            retry_after = {"Retry-After": str(settings.retry_after_s)}
+            if exc.maybe_sent:
+                # The producer still holds the event and may deliver it: the case stays pending, invisible, and
+                # the outbox settles it. A retry with the same Idempotency-Key then gets this very case.
+                raise ProblemException(
+                    503, "The message broker did not acknowledge the application in time. Retry with the same "
+                    "Idempotency-Key.", kind="broker-unavailable", title="Service unavailable", headers=retry_after,
+                ) from None
             await anyio.to_thread.run_sync(store.release, case.case_id)
-            log.warning("submission not published", extra={"case_id": str(case.case_id),
-                                                            "error": type(exc).__name__})
             raise ProblemException(503, "The message broker is unavailable; nothing was accepted. Retry later.",
-                                   kind="broker-unavailable", headers={"Retry-After": "5"}) from None
+                                   kind="broker-unavailable", title="Service unavailable",
+                                   headers=retry_after) from None
         case = await anyio.to_thread.run_sync(store.accept, case.case_id)
         received.labels(body.leika_key, client.kind.value).inc()
         response.headers["Location"] = f"/v1/applications/{case.case_id}"

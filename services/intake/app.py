@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI
 
 from services.intake import api, handlers
+from services.intake.publishing import SubmissionPublisher, outbox_job
 from services.intake.settings import Settings
 from services.intake.store import IntakeStore
 from shared.runtime import Service
@@ -14,15 +16,26 @@ from shared.runtime import Service
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
+@dataclass(frozen=True)
+class Intake:
+    """Intake's own parts, on ``app.state.intake`` for operations and tests."""
+
+    store: IntakeStore
+    publisher: SubmissionPublisher
+
+
 def build(settings: Settings | None = None) -> tuple[Service, FastAPI]:
     """The intake service and its ASGI app."""
     settings = settings or Settings()
     service = Service(settings, migrations=MIGRATIONS)
     store = IntakeStore(service.engine)
+    publisher = SubmissionPublisher(service, settings.publish_timeout_s)
     handlers.register(service.broker, store, settings.consumer_group)
+    service.background.append(outbox_job(store, publisher, settings.outbox_after_s, settings.outbox_interval_s))
     app = service.create_app(
         title="OZG intake",
         description="Accepts applications (Anträge) from portals and citizens' offices and answers status queries.",
-        routers=[api.create_router(service, store, settings)],
+        routers=[api.create_router(service, store, settings, publisher)],
     )
+    app.state.intake = Intake(store=store, publisher=publisher)
     return service, app

@@ -8,7 +8,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict
 from pydantic import Field as PydanticField
-from sqlmodel import Column, Field, SQLModel, String
+from sqlmodel import Column, Field, SQLModel, String, Text
 
 from shared.events import Applicant, CaseStatus, LeikaKey, Region
 
@@ -45,6 +45,8 @@ class Case(CaseBase, table=True):
     body_hash: str = Field(max_length=64)
     event_id: str = Field(max_length=64)
     state: CaseState = Field(default=CaseState.PENDING, sa_type=String(16))
+    # The submitted event's data while the case is pending (the outbox); cleared once the broker acknowledged it.
+    submission: str | None = Field(default=None, sa_type=Text)
 
 
 class CaseHistory(SQLModel, table=True):

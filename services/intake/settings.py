@@ -1,6 +1,8 @@
 """Intake's settings, from ``INTAKE_*`` environment variables (Kafka from ``OZG_KAFKA_*``)."""
 
-from pydantic import Field
+from typing import Self
+
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import ServiceSettings
@@ -15,5 +17,21 @@ class Settings(ServiceSettings):
     port: int = 8001
     database_url: str = "sqlite:///./.run/intake.db"
     public_base_url: str = "http://127.0.0.1:8001"
-    # How long a request waits for the broker's acknowledgement before answering 503.
-    publish_timeout_s: float = Field(default=5.0, gt=0)
+    # How long a request waits for the broker's acknowledgement before answering 503. Longer than the producer's
+    # own request timeout (OZG_KAFKA_REQUEST_TIMEOUT_MS), so that with a dead broker the producer gives the event
+    # up first and a 503 means "nothing was accepted"; lower both to answer faster.
+    publish_timeout_s: float = Field(default=12.0, gt=0)
+    # What a 503 tells the client to wait before retrying.
+    retry_after_s: int = Field(default=5, ge=1)
+    # Outbox: a case still pending this long after its reservation is published again (with its event id).
+    outbox_after_s: float = Field(default=60.0, gt=0)
+    outbox_interval_s: float = Field(default=15.0, gt=0)
+
+    @model_validator(mode="after")
+    def _timeouts_consistent(self) -> Self:
+        if self.publish_timeout_s * 1000 <= self.kafka.request_timeout_ms:
+            raise ValueError("publish_timeout_s must exceed the Kafka request timeout (OZG_KAFKA_REQUEST_TIMEOUT_MS)")
+        # A request still waiting for the broker must never race the outbox for its own case.
+        if self.outbox_after_s <= 2 * self.publish_timeout_s:
+            raise ValueError("outbox_after_s must exceed twice publish_timeout_s")
+        return self

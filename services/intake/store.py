@@ -83,14 +83,19 @@ class IntakeStore:
             return Reserved(candidate)
 
     def accept(self, case_id: UUID) -> Case:
-        """The broker acknowledged the submitted event: the case is accepted."""
+        """The broker acknowledged the submitted event: the case is accepted (idempotent).
+
+        The stored event data is dropped: from now on the personal data lives downstream, not in intake's outbox.
+        """
         with Session(self.engine) as session:
-            case = session.get_one(Case, case_id)
-            case.state = CaseState.ACCEPTED
-            session.add(CaseHistory(case_id=case_id, status=CaseStatus.SUBMITTED, at=case.submitted_at))
-            session.add(case)
-            session.commit()
-            session.refresh(case)
+            case = session.get_one(Case, case_id, with_for_update=True)
+            if case.state != CaseState.ACCEPTED:
+                case.state = CaseState.ACCEPTED
+                case.submission = None
+                session.add(CaseHistory(case_id=case_id, status=CaseStatus.SUBMITTED, at=case.submitted_at))
+                session.add(case)
+                session.commit()
+                session.refresh(case)
             return case
 
     def release(self, case_id: UUID) -> None:
@@ -100,6 +105,14 @@ class IntakeStore:
             if case is not None and case.state == CaseState.PENDING:
                 session.delete(case)
                 session.commit()
+
+    def pending_before(self, cutoff: datetime, limit: int = 100) -> list[Case]:
+        """Cases still pending that were reserved before ``cutoff``: the outbox to publish again."""
+        with Session(self.engine) as session:
+            return list(session.exec(
+                select(Case).where(Case.state == CaseState.PENDING, col(Case.submitted_at) < cutoff)
+                .order_by(col(Case.submitted_at)).limit(limit)
+            ).all())
 
     def get(self, case_id: UUID, client_id: UUID) -> CasePublic | None:
         """A case with its history, only for the client that submitted it."""

@@ -1,0 +1,128 @@
+"""Publishing submitted events: a bounded wait, topics recreated after a broker outage, and the outbox sweep."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+
+import anyio.to_thread
+
+from services.intake.models import Case
+from services.intake.store import IntakeStore
+from shared import events, topics
+from shared.envelope import OutgoingEvent, build_event
+from shared.events import ApplicationSubmitted
+from shared.kafka import publish
+from shared.runtime import Service
+
+log = logging.getLogger(__name__)
+
+SOURCE = "/ozg/intake"
+RETRY_DELAY_S = 0.1
+
+
+class BrokerUnavailable(Exception):
+    """The broker did not acknowledge the event.
+
+    ``maybe_sent`` is False when the producer itself gave up on the event (it will never be delivered) and True
+    when the time limit ran out while the producer still held it: then it may yet reach the broker.
+    """
+
+    def __init__(self, error: str, *, maybe_sent: bool) -> None:
+        super().__init__(error)
+        self.maybe_sent = maybe_sent
+
+
+def submitted_event(case: Case, data: ApplicationSubmitted) -> OutgoingEvent:
+    """The ``submitted`` event of ``case``; rebuilt from stored data it has the same id, time and content."""
+    return build_event(
+        event_type=events.SUBMITTED_V1, source=SOURCE, subject=str(case.case_id), event_id=case.event_id,
+        time=data.submitted_at, data=data,
+    )
+
+
+class SubmissionPublisher:
+    """Publishes ``submitted`` events with acks=all within ``timeout_s``.
+
+    After a failure the next attempt first makes sure intake's topics exist: a broker that lost its state (a
+    memory-only Tansu restarted, a cluster rebuilt) comes back without them, and nothing relies on auto-creation.
+    """
+
+    def __init__(self, service: Service, timeout_s: float) -> None:
+        self._service = service
+        self._timeout_s = timeout_s
+        self._producer_timeout_s = service.settings.kafka.request_timeout_ms / 1000
+        # Service.connect() created the topics before the broker started.
+        self._topics_known = True
+
+    async def publish(self, event: OutgoingEvent) -> None:
+        """Publish ``event`` on ``ozg.applications.submitted``; raises BrokerUnavailable on any failure.
+
+        Within the time limit a failed attempt is repeated (a broker just back may refuse the first produce to a
+        topic it only now created); repeats carry the same event id, so consumers drop any duplicate.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout_s
+        error = "TimeoutError"
+        while True:
+            sending = False
+            try:
+                async with asyncio.timeout_at(deadline):
+                    if not self._topics_known:
+                        await topics.ensure_topics(self._service.settings.kafka, self._service.topic_specs)
+                        self._topics_known = True
+                    sending = True
+                    await publish(self._service.broker, topics.SUBMITTED, event)
+                    return
+            except TimeoutError:
+                self._topics_known = False
+                raise BrokerUnavailable(error, maybe_sent=sending) from None
+            except Exception as exc:  # noqa: BLE001 - the producer gave it up: connection, protocol errors
+                error = type(exc).__name__
+                self._topics_known = False
+            # Repeat only while a repeat can still end in the producer's own verdict before the deadline.
+            if loop.time() + RETRY_DELAY_S + self._producer_timeout_s >= deadline:
+                raise BrokerUnavailable(error, maybe_sent=False)
+            await asyncio.sleep(RETRY_DELAY_S)
+
+
+async def republish_pending(store: IntakeStore, publisher: SubmissionPublisher, older_than_s: float) -> int:
+    """Publish again every case left pending longer than ``older_than_s`` (a crash between publish and accept).
+
+    The event keeps its id, so consumers that saw it already drop the repeat. Returns how many were accepted.
+    """
+    cutoff = datetime.now(UTC) - timedelta(seconds=older_than_s)
+    accepted = 0
+    for case in await anyio.to_thread.run_sync(store.pending_before, cutoff):
+        if case.submission is None:
+            continue
+        event = submitted_event(case, ApplicationSubmitted.model_validate_json(case.submission))
+        try:
+            await publisher.publish(event)
+        except BrokerUnavailable as exc:
+            # Still pending: the next sweep tries again.
+            log.warning("outbox: broker unavailable", extra={"error": str(exc)})
+            break
+        await anyio.to_thread.run_sync(store.accept, case.case_id)
+        accepted += 1
+    if accepted:
+        log.info("outbox: accepted pending cases", extra={"count": accepted})
+    return accepted
+
+
+def outbox_job(
+    store: IntakeStore, publisher: SubmissionPublisher, older_than_s: float, interval_s: float
+) -> Callable[[], Awaitable[None]]:
+    """A background job: sweep the outbox at start-up and every ``interval_s`` seconds."""
+
+    async def outbox() -> None:
+        while True:
+            try:
+                await republish_pending(store, publisher, older_than_s)
+            except Exception as exc:  # noqa: BLE001 - a failed sweep is retried on the next round
+                log.error("outbox sweep failed", extra={"error": type(exc).__name__})
+            await asyncio.sleep(interval_s)
+
+    return outbox
