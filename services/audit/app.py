@@ -2,43 +2,108 @@
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import logging
 import sys
 from pathlib import Path
 
+import anyio.to_thread
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fastapi import FastAPI
 from sqlalchemy.exc import SQLAlchemyError
 
 from services.audit import api, handlers
 from services.audit.settings import Settings
+from services.audit.signing import (
+    CheckpointSigner,
+    SigningKeyError,
+    development_key_file,
+    load_public_key,
+    resolve_private_key,
+)
 from services.audit.store import AuditStore
 from shared import db
 from shared.runtime import Service
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
+log = logging.getLogger(__name__)
+
+
+def make_signer(settings: Settings) -> CheckpointSigner:
+    """The checkpoint signer of ``settings``: the configured key, or in development the generated key file."""
+    key = resolve_private_key(
+        settings.signing_key.get_secret_value() if settings.signing_key else None,
+        key_file=settings.signing_key_file or development_key_file(settings.database_url),
+        production=settings.environment == "production",
+    )
+    assert key is not None
+    return CheckpointSigner(key)
+
 
 def build(settings: Settings | None = None) -> tuple[Service, FastAPI]:
     """The audit service and its ASGI app."""
     settings = settings or Settings()
+    signer = make_signer(settings)
     service = Service(settings, migrations=MIGRATIONS)
-    store = AuditStore(service.engine)
-    handlers.register(service.broker, store, settings.consumer_group, service.registry)
+    store = AuditStore(service.engine, signer, checkpoint_every=settings.checkpoint_every,
+                       checkpoint_interval_s=settings.checkpoint_interval_s)
+    handlers.register(service.broker, store, service.dead_letters, settings, service.registry)
+
+    async def sign_checkpoints() -> None:
+        """Sign a checkpoint every checkpoint_interval_s while the chain grows, however slowly."""
+        period = min(settings.checkpoint_interval_s / 4, 5.0)
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await anyio.to_thread.run_sync(store.checkpoint_if_due)
+            except SQLAlchemyError as exc:
+                log.warning("audit checkpoint failed, retrying", extra={"error": type(exc).__name__})
+
+    service.background.append(sign_checkpoints)
     app = service.create_app(
         title="OZG audit",
-        description="Keeps an append-only, tamper-evident hash chain of every event; serves case trails and "
-        "verifies the chain. Holds digests of event data, never the data.",
-        routers=[api.create_router(service, store)],
+        description="Keeps an append-only, tamper-evident hash chain of every event, with Ed25519-signed "
+        "checkpoints; serves case trails, checkpoints and their public key, and verifies the chain. Holds digests "
+        "of event data, never the data.",
+        routers=[api.create_router(service, store, signer)],
     )
     return service, app
 
 
-def verify_command(_args: list[str], settings: Settings | None = None) -> int:
-    """``python -m services.audit verify``: print the report as JSON; exit 0 if intact, 1 if not, 2 on error."""
+def _public_key(settings: Settings, public_key_file: Path | None) -> Ed25519PublicKey | None:
+    if public_key_file is not None:
+        return load_public_key(public_key_file.read_bytes())
+    key = resolve_private_key(
+        settings.signing_key.get_secret_value() if settings.signing_key else None,
+        key_file=settings.signing_key_file or development_key_file(settings.database_url),
+        production=settings.environment == "production",
+        generate=False,
+    )
+    return key.public_key() if key is not None else None
+
+
+def verify_command(args: list[str], settings: Settings | None = None) -> int:
+    """``python -m services.audit verify [--public-key FILE]``: print the report as JSON; exit 0 if intact,
+    1 if not, 2 on error.
+
+    Checkpoint signatures are checked against the PEM public key in FILE (as ``GET /v1/checkpoints/public-key``
+    serves it), else against the public half of the configured signing key.
+    """
+    parser = argparse.ArgumentParser(prog="python -m services.audit verify")
+    parser.add_argument("--public-key", type=Path, default=None,
+                        help="PEM file of the checkpoint public key (default: from AUDIT_SIGNING_KEY)")
+    options = parser.parse_args(args)
     settings = settings or Settings()
     # Only the database: verifying needs neither the broker nor the HTTP app, and changes nothing.
     engine = db.make_engine(settings.database_url)
     try:
-        report = AuditStore(engine).verify()
+        public_key = _public_key(settings, options.public_key)
+        report = AuditStore(engine).verify(public_key)
+    except (SigningKeyError, OSError) as exc:
+        print(f"cannot check the checkpoint signatures: {exc}", file=sys.stderr)
+        return 2
     except SQLAlchemyError as exc:
         print(f"cannot read the audit chain: {type(exc).__name__}", file=sys.stderr)
         return 2

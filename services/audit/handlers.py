@@ -1,42 +1,53 @@
-"""Audit's consumer: every event on every ``ozg.*`` topic except dead letters becomes one chain entry."""
+"""Audit's consumer: every event on every ``ozg.*`` topic except dead letters becomes one chain entry.
+
+Records arrive in batches; each batch is appended in one transaction, in the order of the batch (per partition,
+the order of the topic). Poison records are dead-lettered one by one and the rest of the batch is appended.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC
 from typing import Any
 from uuid import UUID
 
 import anyio.to_thread
+from aiokafka import ConsumerRecord
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaMessage
 from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from services.audit.settings import Settings
 from services.audit.store import AuditStore, NewEntry
 from shared import events, topics
+from shared.deadletter import DeadLetterPolicy
 from shared.envelope import Envelope, InvalidEvent, parse_event
 from shared.events import CaseStatus, UnroutableReason
 
 log = logging.getLogger(__name__)
 
 # The status an event type implies when its data carries none.
-_IMPLIED_STATUS = {
-    events.SUBMITTED_V1: CaseStatus.SUBMITTED,
-    events.ROUTED_V1: CaseStatus.ROUTED,
-    events.UNROUTABLE_V1: CaseStatus.UNROUTABLE,
+PERSONAL_DATA_DELETED = "personal_data_deleted"
+_IMPLIED_STATUS: dict[str, str] = {
+    events.SUBMITTED_V1: CaseStatus.SUBMITTED.value,
+    events.ROUTED_V1: CaseStatus.ROUTED.value,
+    events.UNROUTABLE_V1: CaseStatus.UNROUTABLE.value,
+    events.PERSONAL_DATA_DELETED_V1: PERSONAL_DATA_DELETED,
 }
 _KNOWN_TYPES = frozenset({
     events.SUBMITTED_V1, events.ROUTED_V1, events.UNROUTABLE_V1, events.DISPATCHED_V1, events.STATUS_CHANGED_V1,
     events.NOTIFICATION_SENT_V1, events.NOTIFICATION_FAILED_V1, events.CLIENT_REGISTERED_V1,
-    events.CLIENT_REVOKED_V1,
+    events.CLIENT_REVOKED_V1, events.PERSONAL_DATA_DELETED_V1,
 })
 # Only members of closed vocabularies are kept: a free-text field could carry personal data.
 _STATUSES = frozenset(status.value for status in CaseStatus)
 _REASONS = frozenset(reason.value for reason in UnroutableReason)
+# Why personal data was deleted (de.ozg.personal-data.deleted.v1): retention ran out, or an erasure request.
+_DELETION_REASONS = frozenset({"retention", "erasure_request"})
 # Column widths of audit_entries: longer attributes make the record a poison message on every database alike.
 _LIMITS = {"id": 200, "type": 200, "source": 500, "subject": 200}
 
@@ -63,7 +74,8 @@ def entry_of(envelope: Envelope, *, topic: str, partition: int, offset: int, val
     data = envelope.data
     status = _member(data.get("status"), _STATUSES)
     if status is None and envelope.type in _IMPLIED_STATUS:
-        status = _IMPLIED_STATUS[envelope.type].value
+        status = _IMPLIED_STATUS[envelope.type]
+    reasons = _DELETION_REASONS if envelope.type == events.PERSONAL_DATA_DELETED_V1 else _REASONS
     event_time = envelope.time if envelope.time.tzinfo is not None else envelope.time.replace(tzinfo=UTC)
     return NewEntry(
         event_id=envelope.id,
@@ -77,50 +89,98 @@ def entry_of(envelope: Envelope, *, topic: str, partition: int, offset: int, val
         data_sha256=hashlib.sha256(value or b"").hexdigest(),
         status=status,
         destination_id=_uuid(data.get("destination_id")),
-        reason=_member(data.get("reason"), _REASONS),
+        reason=_member(data.get("reason"), reasons),
     )
 
 
 async def append_patiently(
     store: AuditStore,
-    entry: NewEntry,
+    entries: Sequence[NewEntry],
     *,
     max_delay_s: float = 30.0,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-) -> bool:
-    """Append ``entry``, waiting out an unreachable database for as long as it takes.
+) -> list[dict[str, Any]]:
+    """Append ``entries`` in one transaction, waiting out an unreachable database for as long as it takes.
 
-    The shared middleware would dead-letter the event after a few retries, and the trail would miss a valid
-    event for good; holding the partition keeps the trail complete and in order. Cancellation (shutdown) leaves
-    the record uncommitted, so it is redelivered.
+    The shared middleware would dead-letter the events after a few retries, and the trail would miss valid
+    events for good; holding the partitions keeps the trail complete and in order. Cancellation (shutdown) leaves
+    the records uncommitted, so they are redelivered. Returns the rows appended (not those already in the chain).
     """
     delay = 0.5
     while True:
         try:
-            return await anyio.to_thread.run_sync(store.append, entry)
+            return await anyio.to_thread.run_sync(store.append_many, entries)
         except (OperationalError, InterfaceError) as exc:
             log.warning("audit database unavailable, retrying",
-                        extra={"event_id": entry.event_id, "error": type(exc.orig).__name__, "retry_in_s": delay})
+                        extra={"entries": len(entries), "error": type(exc.orig).__name__, "retry_in_s": delay})
             await sleep(delay)
             delay = min(delay * 2, max_delay_s)
 
 
-def register(broker: KafkaBroker, store: AuditStore, group_id: str, registry: CollectorRegistry) -> None:
-    """Subscribe audit's consumer on ``broker``: a pattern subscription, so new topics join by themselves."""
+DeadLetter = Callable[["ConsumerRecord[Any, Any]", BaseException], Awaitable[None]]
+
+
+async def record_batch(
+    records: Sequence[ConsumerRecord[Any, Any]],
+    store: AuditStore,
+    dead_letter: DeadLetter,
+    *,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> list[dict[str, Any]]:
+    """Append a batch's events in batch order, then dead-letter its poison records one by one.
+
+    Appending first: a crash in between redelivers the batch, the entries are already there (unique ``ce_id``)
+    and only the dead letters are sent again. Returns the rows appended.
+    """
+    entries: list[NewEntry] = []
+    poison: list[tuple[ConsumerRecord[Any, Any], InvalidEvent]] = []
+    for record in records:
+        try:
+            envelope = parse_event(record.headers, record.value, record.key)
+            entries.append(entry_of(envelope, topic=record.topic, partition=record.partition,
+                                    offset=record.offset, value=record.value))
+        except InvalidEvent as exc:
+            poison.append((record, exc))
+    rows = await append_patiently(store, entries, sleep=sleep) if entries else []
+    for record, error in poison:
+        await dead_letter(record, error)
+    return rows
+
+
+def register(
+    broker: KafkaBroker,
+    store: AuditStore,
+    dead_letters: DeadLetterPolicy,
+    settings: Settings,
+    registry: CollectorRegistry,
+) -> None:
+    """Subscribe audit's batch consumer on ``broker``: a pattern subscription, so new topics join by themselves."""
     appended = Counter("ozg_audit_entries", "Entries appended to the audit chain, by event type", ["type"],
                        registry=registry)
+    failures = 0
 
-    async def on_event(msg: KafkaMessage) -> None:
-        record = msg.raw_message
-        if isinstance(record, tuple):
-            raise InvalidEvent("audit expects single records, not batches")
-        envelope = parse_event(record.headers, record.value, record.key)
-        entry = entry_of(envelope, topic=record.topic, partition=record.partition, offset=record.offset,
-                         value=record.value)
-        if await append_patiently(store, entry):
-            appended.labels(entry.event_type if entry.event_type in _KNOWN_TYPES else "other").inc()
+    async def on_batch(msg: KafkaMessage) -> None:
+        nonlocal failures
+        raw: Any = msg.raw_message
+        records: tuple[ConsumerRecord[Any, Any], ...] = raw if isinstance(raw, tuple) else (raw,)
+        try:
+            rows = await record_batch(records, store, dead_letters.dead_letter)
+        except Exception as exc:
+            # Not an outage (append_patiently waits those out): a dead-letter publish or an unexpected database
+            # error. The batch is redelivered (NACK seeks back); back off so that is no busy loop.
+            failures += 1
+            delay = min(settings.kafka.dlq_backoff_s * 2 ** min(failures, 10), 10.0)
+            log.warning("audit batch failed, redelivering",
+                        extra={"error": type(exc).__name__, "records": len(records), "retry_in_s": delay})
+            await asyncio.sleep(delay)
+            raise
+        failures = 0
+        for row in rows:
+            event_type = row["event_type"]
+            appended.labels(event_type if event_type in _KNOWN_TYPES else "other").inc()
 
     broker.subscriber(
-        pattern=topics.AUDITED_PATTERN,
-        group_id=group_id, auto_offset_reset="earliest", ack_policy=AckPolicy.NACK_ON_ERROR,
-    )(on_event)
+        pattern=topics.AUDITED_PATTERN, group_id=settings.consumer_group, auto_offset_reset="earliest",
+        ack_policy=AckPolicy.NACK_ON_ERROR, batch=True, max_records=settings.batch_max_records,
+        batch_timeout_ms=settings.batch_timeout_ms,
+    )(on_batch)

@@ -6,7 +6,7 @@ The table holds no event data, only its SHA-256 and a few non-personal query fie
 from __future__ import annotations
 
 from datetime import datetime
-from typing import cast
+from typing import Literal, cast
 from uuid import UUID
 
 from pydantic import BaseModel
@@ -15,6 +15,10 @@ from sqlalchemy import BigInteger, Column, Index, Integer, Table, UniqueConstrai
 from sqlmodel import Field, SQLModel
 
 GENESIS_HASH = "0" * 64
+
+ProblemKind = Literal[
+    "changed", "removed", "unlinked", "truncated", "checkpoint_signature_invalid", "checkpoint_mismatch",
+]
 
 
 class AuditEntry(SQLModel, table=True):
@@ -52,6 +56,25 @@ class AuditEntry(SQLModel, table=True):
 ENTRIES = cast(Table, AuditEntry.__table__)  # type: ignore[attr-defined]
 
 
+class AuditCheckpoint(SQLModel, table=True):
+    """A signed statement "the chain had this head hash at this sequence number at this time"."""
+
+    __tablename__ = "audit_checkpoints"
+
+    seq: int = Field(
+        sa_column=Column(
+            "seq", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=False
+        )
+    )
+    head_hash: str = Field(max_length=64)
+    created_at: datetime
+    key_id: str = Field(max_length=64)
+    signature: str = Field(max_length=128)
+
+
+CHECKPOINTS = cast(Table, AuditCheckpoint.__table__)  # type: ignore[attr-defined]
+
+
 class TrailEntry(BaseModel):
     """An entry as an auditor sees it: every field that ``hash`` covers, so it can be recomputed."""
 
@@ -84,11 +107,38 @@ class CaseTrail(BaseModel):
     entries: list[TrailEntry]
 
 
+class Checkpoint(BaseModel):
+    """A signed checkpoint, with everything needed to check its signature."""
+
+    seq: int = PydanticField(description="The chain's length when the checkpoint was made")
+    head_hash: str = PydanticField(description="hash of entry seq")
+    created_at: datetime = PydanticField(description="When the checkpoint was signed")
+    key_id: str = PydanticField(description="First 16 hex digits of the SHA-256 of the raw 32-byte public key")
+    signature: str = PydanticField(
+        description="Hex of the Ed25519 signature over the UTF-8 bytes of the JSON object "
+        '{"head_hash", "seq", "time", "type": "de.ozg.audit.checkpoint.v1"}: keys sorted, no whitespace, '
+        "time = created_at as ISO-8601 UTC with microseconds (2026-01-31T12:00:00.000000+00:00)"
+    )
+
+
+class CheckpointList(BaseModel):
+    """Checkpoints in sequence order, and the id of the key that signs new ones."""
+
+    key_id: str = PydanticField(description="Id of the public key served at /v1/checkpoints/public-key")
+    checkpoints: list[Checkpoint]
+
+
 class VerifyReport(BaseModel):
-    """The result of recomputing the whole chain."""
+    """The result of recomputing the whole chain and checking the signed checkpoints."""
 
     intact: bool
     length: int = PydanticField(description="Number of entries in the chain")
     head_hash: str = PydanticField(description="hash of the last entry (64 zeros for an empty chain)")
-    first_bad_seq: int | None = PydanticField(description="The first entry found broken, or null")
+    first_bad_seq: int | None = PydanticField(
+        description="The first entry found broken (for a truncated chain: the first missing one), or null")
     problem: str | None = PydanticField(description="What is wrong with that entry, or null")
+    kind: ProblemKind | None = PydanticField(default=None, description="The class of the problem, or null")
+    checkpoint_seq: int | None = PydanticField(
+        default=None, description="The checkpoint that revealed the problem (by its seq), or null")
+    checkpoints: int = PydanticField(default=0, description="Number of checkpoints checked")
+    last_checkpoint_seq: int | None = PydanticField(default=None, description="seq of the newest checkpoint")

@@ -1,5 +1,9 @@
 """Audit's settings, from ``AUDIT_*`` environment variables (Kafka from ``OZG_KAFKA_*``)."""
 
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from shared.settings import ServiceSettings
@@ -13,3 +17,16 @@ class Settings(ServiceSettings):
     service_name: str = "audit"
     port: int = 8004
     database_url: str = "sqlite:///./.run/audit.db"
+    # "production" refuses to start without AUDIT_SIGNING_KEY; "development" generates a key file instead.
+    environment: Literal["development", "production"] = "development"
+    # Ed25519 private key of the checkpoints: PEM (PKCS#8) or base64 of the raw 32 bytes.
+    signing_key: SecretStr | None = None
+    # Where development keeps its generated key; default: beside the SQLite database, else ./.run/.
+    signing_key_file: Path | None = None
+    # A checkpoint is signed once this many entries were appended since the last one ...
+    checkpoint_every: int = Field(default=1000, ge=1)
+    # ... or once this many seconds passed and the chain has grown.
+    checkpoint_interval_s: float = Field(default=60.0, gt=0)
+    # Events are appended in batches of up to this many records, one transaction each.
+    batch_max_records: int = Field(default=500, ge=1)
+    batch_timeout_ms: int = Field(default=20, ge=1)

@@ -1,22 +1,38 @@
-"""The hash chain: append, verify and read trails; synchronous, called from async code through a worker thread.
+"""The hash chain: append, checkpoint, verify and read trails; synchronous, called from async code through a
+worker thread.
 
 Each entry's ``hash`` is the SHA-256 of a canonical JSON serialisation of all its other fields, ``prev_hash``
-included, so changing, removing, inserting or reordering an entry breaks the chain from that point on.
+included, so changing, removing, inserting or reordering an entry breaks the chain from that point on. Signed
+checkpoints (sequence, head hash, time) catch what the chain alone cannot: a cut-off tail, or a chain rewritten
+and re-hashed as a whole.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+import logging
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from json.encoder import encode_basestring_ascii as _json
 from typing import Any
 from uuid import UUID
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import ColumnElement, Connection, Engine, String, cast, func, insert, select, text, type_coerce
 
-from services.audit.models import ENTRIES, GENESIS_HASH, TrailEntry, VerifyReport
+from services.audit.models import CHECKPOINTS, ENTRIES, GENESIS_HASH, Checkpoint, ProblemKind, TrailEntry, VerifyReport
+from services.audit.signing import (
+    CheckpointSigner,
+    SigningKeyError,
+    canonical_time,
+    checkpoint_message,
+    signature_valid,
+)
+
+__all__ = ["HASHED_COLUMNS", "AuditStore", "NewEntry", "canonical_fields", "canonical_time", "entry_hash"]
+
+log = logging.getLogger(__name__)
 
 # Every column the hash covers, in the order verify() selects them; ``hash`` itself follows last.
 HASHED_COLUMNS = (
@@ -46,11 +62,6 @@ class NewEntry:
     status: str | None = None
     destination_id: UUID | None = None
     reason: str | None = None
-
-
-def canonical_time(moment: datetime) -> str:
-    """A time as the hash covers it: ISO-8601 in UTC with microseconds, e.g. ``2026-01-31T12:00:00.000000+00:00``."""
-    return moment.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def canonical_fields(entry: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -90,7 +101,8 @@ def entry_hash(fields: Sequence[Any]) -> str:
 
 
 def _canonical_columns(dialect: str) -> list[ColumnElement[Any]]:
-    """The hashed columns as verify() selects them: already in canonical form, so no per-row conversion."""
+    """The hashed columns as verify() selects them: canonical but for SQLite's times, which _walk() completes
+    (``replace(" ", "T") + "+00:00"``: cheaper in Python than in SQLite)."""
     columns: list[ColumnElement[Any]] = [ENTRIES.c[name] for name in HASHED_COLUMNS]
     for name in ("event_time", "recorded_at"):
         column = ENTRIES.c[name]
@@ -99,7 +111,7 @@ def _canonical_columns(dialect: str) -> list[ColumnElement[Any]]:
             time = func.to_char(func.timezone("UTC", column), _PG_TIME_FORMAT)
         else:
             # SQLAlchemy stores "YYYY-MM-DD HH:MM:SS.ffffff" (UTC) on SQLite.
-            time = type_coerce(func.replace(type_coerce(column, String), " ", "T"), String).concat("+00:00")
+            time = type_coerce(column, String)
         columns[HASHED_COLUMNS.index(name)] = type_coerce(time, String).label(name)
     destination = ENTRIES.c.destination_id
     # PostgreSQL writes a uuid as the hyphenated text; SQLite's stored 32 hex digits are taken raw, as text.
@@ -108,17 +120,53 @@ def _canonical_columns(dialect: str) -> list[ColumnElement[Any]]:
     return columns
 
 
-class AuditStore:
-    """The ``audit_entries`` chain in one database."""
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
 
-    def __init__(self, engine: Engine) -> None:
+
+@dataclass(slots=True)
+class _Walk:
+    """What walking the chain found."""
+
+    length: int = 0
+    head_hash: str = GENESIS_HASH
+    last_seq: int = 0
+    bad_seq: int | None = None
+    kind: ProblemKind | None = None
+    problem: str | None = None
+    # The stored hash of each checkpointed entry, up to the first broken entry.
+    hashes_at: dict[int, str] = field(default_factory=dict)
+
+
+class AuditStore:
+    """The ``audit_entries`` chain and its ``audit_checkpoints`` in one database.
+
+    With a ``signer``, appends sign a checkpoint in the same transaction once ``checkpoint_every`` entries were
+    appended since the last one, and checkpoint_if_due() (run periodically) signs one once
+    ``checkpoint_interval_s`` passed and the chain has grown.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        signer: CheckpointSigner | None = None,
+        *,
+        checkpoint_every: int = 1000,
+        checkpoint_interval_s: float = 60.0,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
         self.engine = engine
+        self.signer = signer
+        self.checkpoint_every = checkpoint_every
+        self.checkpoint_interval = timedelta(seconds=checkpoint_interval_s)
+        self.clock = clock
 
     def append_many(self, entries: Sequence[NewEntry]) -> list[dict[str, Any]]:
         """Append the entries not yet in the chain, in one transaction; returns the rows appended.
 
         Reading the head, hashing and inserting happen under a write lock, so concurrent appenders (several
-        replicas) queue up instead of forking the chain; the primary key on ``seq`` backs that up.
+        replicas) queue up instead of forking the chain; the primary key on ``seq`` backs that up. A checkpoint
+        that falls due is signed in the same transaction.
         """
         if not entries:
             return []
@@ -128,11 +176,8 @@ class AuditStore:
             if not fresh:
                 connection.rollback()
                 return []
-            head = connection.execute(
-                select(ENTRIES.c.seq, ENTRIES.c.hash).order_by(ENTRIES.c.seq.desc()).limit(1)
-            ).first()
-            seq, prev_hash = (int(head.seq), str(head.hash)) if head is not None else (0, GENESIS_HASH)
-            recorded_at = datetime.now(UTC)
+            seq, prev_hash = self._head(connection)
+            recorded_at = self.clock()
             rows: list[dict[str, Any]] = []
             for entry in fresh:
                 seq += 1
@@ -146,12 +191,55 @@ class AuditStore:
                 row["hash"] = prev_hash = entry_hash(canonical_fields(row))
                 rows.append(row)
             connection.execute(insert(ENTRIES), rows)
+            self._checkpoint_if_due(connection, seq, prev_hash, recorded_at, by_count_only=True)
             connection.commit()
         return rows
 
     def append(self, entry: NewEntry) -> bool:
         """Append one entry; False if its event is already in the chain."""
         return bool(self.append_many([entry]))
+
+    def checkpoint_if_due(self) -> Checkpoint | None:
+        """Sign a checkpoint of the head if the chain grew since the last one and it is due; returns it, if any."""
+        if self.signer is None:
+            return None
+        with self.engine.connect() as connection:
+            self._lock(connection)
+            seq, head_hash = self._head(connection)
+            checkpoint = self._checkpoint_if_due(connection, seq, head_hash, self.clock(), by_count_only=False)
+            connection.commit()
+        return checkpoint
+
+    def _checkpoint_if_due(
+        self, connection: Connection, seq: int, head_hash: str, now: datetime, *, by_count_only: bool
+    ) -> Checkpoint | None:
+        if self.signer is None or seq == 0:
+            return None
+        last = connection.execute(
+            select(CHECKPOINTS.c.seq, CHECKPOINTS.c.created_at).order_by(CHECKPOINTS.c.seq.desc()).limit(1)
+        ).first()
+        last_seq = int(last.seq) if last is not None else 0
+        if seq <= last_seq:
+            return None
+        due = seq - last_seq >= self.checkpoint_every
+        if not due and not by_count_only:
+            since = last.created_at if last is not None else connection.scalar(
+                select(ENTRIES.c.recorded_at).order_by(ENTRIES.c.seq).limit(1))
+            due = since is None or now - since >= self.checkpoint_interval
+        if not due:
+            return None
+        checkpoint = Checkpoint(seq=seq, head_hash=head_hash, created_at=now, key_id=self.signer.key_id,
+                                signature=self.signer.sign(seq, head_hash, now))
+        connection.execute(insert(CHECKPOINTS), [checkpoint.model_dump()])
+        log.info("audit checkpoint signed", extra={"seq": seq, "key_id": self.signer.key_id})
+        return checkpoint
+
+    @staticmethod
+    def _head(connection: Connection) -> tuple[int, str]:
+        head = connection.execute(
+            select(ENTRIES.c.seq, ENTRIES.c.hash).order_by(ENTRIES.c.seq.desc()).limit(1)
+        ).first()
+        return (int(head.seq), str(head.hash)) if head is not None else (0, GENESIS_HASH)
 
     @staticmethod
     def _lock(connection: Connection) -> None:
@@ -182,53 +270,191 @@ class AuditStore:
         with self.engine.connect() as connection:
             return [TrailEntry.model_validate(dict(row._mapping)) for row in connection.execute(query)]
 
-    def verify(self, batch_size: int = 5_000) -> VerifyReport:
-        """Recompute the whole chain in seq order, streaming rows; names the first broken entry, if any.
+    def checkpoints(self, after_seq: int = 0, limit: int | None = None) -> list[Checkpoint]:
+        """The checkpoints with ``seq > after_seq``, oldest first."""
+        query = select(CHECKPOINTS).where(CHECKPOINTS.c.seq > after_seq).order_by(CHECKPOINTS.c.seq).limit(limit)
+        with self.engine.connect() as connection:
+            return [Checkpoint.model_validate(dict(row._mapping)) for row in connection.execute(query)]
 
-        Rows arrive ``batch_size`` at a time (a server-side cursor on PostgreSQL), so memory stays flat however
-        long the chain is.
+    def verify(self, public_key: Ed25519PublicKey | None = None, batch_size: int = 20_000) -> VerifyReport:
+        """Recompute the whole chain in seq order and check every checkpoint against it and ``public_key``.
+
+        ``public_key`` defaults to the signer's. Rows arrive ``batch_size`` at a time as plain tuples from the
+        driver's cursor (a server-side cursor on PostgreSQL), so memory stays flat however long the chain is.
+        Reports the problem with the lowest sequence number, if any.
         """
         dialect = self.engine.dialect.name
         if dialect not in ("sqlite", "postgresql"):
             raise ValueError(f"verify() supports SQLite and PostgreSQL, not {dialect}")
-        query = (
-            select(*_canonical_columns(dialect), ENTRIES.c.hash)
-            .order_by(ENTRIES.c.seq)
-            .execution_options(yield_per=batch_size)
-        )
+        key = public_key or (self.signer.public_key if self.signer is not None else None)
+        query = select(*_canonical_columns(dialect), ENTRIES.c.hash).order_by(ENTRIES.c.seq)
+        sql = str(query.compile(dialect=self.engine.dialect, compile_kwargs={"literal_binds": True}))
         with self.engine.connect() as connection:
-            return _check(connection.execute(query))
+            # Checkpoints first: each one read covers entries already committed, so the chain read next has them.
+            checkpoints = [
+                (int(row.seq), str(row.head_hash), canonical_time(row.created_at), str(row.key_id),
+                 str(row.signature))
+                for row in connection.execute(select(CHECKPOINTS).order_by(CHECKPOINTS.c.seq))
+            ]
+            if checkpoints and key is None:
+                raise SigningKeyError("no public key to check the checkpoint signatures with")
+            dbapi = connection.connection.dbapi_connection
+            assert dbapi is not None
+            cursor: Any = dbapi.cursor(name="audit_verify") if dialect == "postgresql" else dbapi.cursor()
+            try:
+                cursor.arraysize = batch_size
+                if dialect == "postgresql":
+                    cursor.itersize = batch_size
+                cursor.execute(sql)
+                walk = _walk(_batches(cursor), [c[0] for c in checkpoints],
+                             time_suffix="+00:00" if dialect == "sqlite" else "")
+            finally:
+                cursor.close()
+            connection.rollback()
+        return _report(walk, checkpoints, key)
 
 
-def _check(rows: Iterable[Sequence[Any]]) -> VerifyReport:
-    expected_seq, prev_hash, length, head_hash = 1, GENESIS_HASH, 0, GENESIS_HASH
-    bad_seq: int | None = None
-    problem: str | None = None
-    for row in rows:
-        length += 1
-        head_hash = row[-1]
-        if bad_seq is not None:
-            # Already broken: only count on, so the report still gives the length and the stored head.
+def _batches(cursor: Any) -> Iterator[list[tuple[Any, ...]]]:
+    while rows := cursor.fetchmany():
+        yield rows
+
+
+def _walk(
+    batches: Iterator[list[tuple[Any, ...]]], checkpoint_seqs: Sequence[int], *, time_suffix: str = ""
+) -> _Walk:
+    """Recompute every entry's hash and link, until the first broken one; count on to the end after that.
+
+    The hot loop of verify(), written out flat, as its time is what an auditor waits for a million entries. Each
+    row first gets a fast candidate text with the values put between quotes unescaped. It is accepted when its
+    hash matches and it holds no backslash and exactly the quotes of the structure (30 around the keys, 2 around
+    each non-null string): the hashed text is pure ASCII without control characters, so a matching candidate is
+    too; without backslashes the hashed values needed no escaping; with no extra quotes no value can have spilled
+    into another. So the candidate is the text entry_hash() writes for exactly these values. Anything else
+    (non-ASCII, quotes or backslashes in a value, a value of the wrong type, a real change) takes the exact path,
+    entry_hash(). Times come as PostgreSQL writes them canonically (``time_suffix`` ""), or as SQLite stores them
+    ("YYYY-MM-DD HH:MM:SS.ffffff", ``time_suffix`` "+00:00"), completed here.
+    """
+    sha256 = hashlib.sha256
+    space, t = " ", "T"
+    walk = _Walk()
+    hashes_at = walk.hashes_at
+    pending = iter(checkpoint_seqs)
+    next_checkpoint = next(pending, -1)
+    expected, prev, length = 1, GENESIS_HASH, 0
+    for rows in batches:
+        batch_start = length
+        for row in rows:
+            (seq, event_id, event_type, source, subject, event_time, recorded_at, topic, partition, offset,
+             data_sha256, status, destination_id, reason, prev_hash, stored) = row
+            if seq != expected:
+                walk.bad_seq, walk.kind = expected, "removed"
+                walk.problem = f"entry {expected} is missing (the next entry is {seq}): entries were removed"
+                break
+            try:
+                event_time = f"{event_time.replace(space, t)}{time_suffix}"
+                recorded_at = f"{recorded_at.replace(space, t)}{time_suffix}"
+            except (AttributeError, TypeError):
+                # A forged value of another type: the exact path below finds it changed.
+                event_time = recorded_at = None
+            quotes = 54
+            if destination_id is None:
+                destination = "null"
+                quotes -= 2
+            elif len(destination_id) == 32:
+                d = destination_id
+                destination = f'"{d[:8]}-{d[8:12]}-{d[12:16]}-{d[16:20]}-{d[20:]}"'
+            else:
+                destination = f'"{destination_id}"'
+            if reason is None:
+                reason_text = "null"
+                quotes -= 2
+            else:
+                reason_text = f'"{reason}"'
+            if status is None:
+                status_text = "null"
+                quotes -= 2
+            else:
+                status_text = f'"{status}"'
+            if subject is None:
+                subject_text = "null"
+                quotes -= 2
+            else:
+                subject_text = f'"{subject}"'
+            text = (
+                f'{{"data_sha256":"{data_sha256}","destination_id":{destination},'
+                f'"event_id":"{event_id}","event_time":"{event_time}","event_type":"{event_type}",'
+                f'"offset":{offset},"partition":{partition},"prev_hash":"{prev_hash}",'
+                f'"reason":{reason_text},"recorded_at":"{recorded_at}",'
+                f'"seq":{seq},"source":"{source}","status":{status_text},'
+                f'"subject":{subject_text},"topic":"{topic}"}}'
+            )
+            if not (sha256(text.encode()).hexdigest() == stored and "\\" not in text
+                    and text.count('"') == quotes):
+                try:
+                    unchanged = entry_hash((*row[:5], event_time, recorded_at, *row[7:])) == stored
+                except (TypeError, ValueError):
+                    # SQLite keeps whatever type is written: a forged value of the wrong type is a change too.
+                    unchanged = False
+                if not unchanged:
+                    walk.bad_seq, walk.kind = seq, "changed"
+                    walk.problem = f"entry {seq} was changed: its hash does not match its content"
+                    break
+            if prev_hash != prev:
+                walk.bad_seq, walk.kind = seq, "unlinked"
+                walk.problem = (f"entry {seq} does not link to entry {seq - 1}: "
+                                "an entry was inserted, replaced or reordered")
+                break
+            if seq == next_checkpoint:
+                hashes_at[seq] = stored
+                next_checkpoint = next(pending, -1)
+            prev = stored
+            expected = seq + 1
+            length += 1
+        else:
+            if rows:
+                walk.head_hash, walk.last_seq = rows[-1][-1], rows[-1][0]
             continue
-        seq = row[0]
-        stored_hash = row[-1]
-        if seq != expected_seq:
-            bad_seq = expected_seq
-            problem = (f"entry {expected_seq} is missing (the next entry is {seq}): entries were removed")
-            continue
-        try:
-            unchanged = entry_hash(row) == stored_hash
-        except (TypeError, ValueError):
-            # SQLite keeps whatever type is written: a forged value of the wrong type is a change too.
-            unchanged = False
-        if not unchanged:
-            bad_seq = seq
-            problem = f"entry {seq} was changed: its hash does not match its content"
-        elif row[-2] != prev_hash:
-            bad_seq = seq
-            problem = (f"entry {seq} does not link to entry {seq - 1}: "
-                       "an entry was inserted, replaced or reordered")
-        prev_hash = stored_hash
-        expected_seq = seq + 1
-    return VerifyReport(intact=bad_seq is None, length=length, head_hash=head_hash, first_bad_seq=bad_seq,
-                        problem=problem)
+        # Broken: only count on, so the report still gives the length and the stored head.
+        length = batch_start + len(rows)
+        walk.head_hash, walk.last_seq = rows[-1][-1], rows[-1][0]
+        for rest in batches:
+            length += len(rest)
+            walk.head_hash, walk.last_seq = rest[-1][-1], rest[-1][0]
+        break
+    walk.length = length
+    return walk
+
+
+def _report(
+    walk: _Walk, checkpoints: Sequence[tuple[int, str, str, str, str]], key: Ed25519PublicKey | None
+) -> VerifyReport:
+    """The verdict: the problem with the lowest sequence number among the chain's and the checkpoints'."""
+    # (seq, rank, kind, problem, checkpoint seq): at one seq, the chain's own finding is the more precise.
+    found: list[tuple[int, int, ProblemKind, str, int | None]] = []
+    if walk.bad_seq is not None and walk.kind is not None and walk.problem is not None:
+        found.append((walk.bad_seq, 0, walk.kind, walk.problem, None))
+    previous = 0
+    for seq, head_hash, time, key_id, signature in checkpoints:
+        if key is None or not signature_valid(key, checkpoint_message(seq, head_hash, time), signature):
+            found.append((seq, 2, "checkpoint_signature_invalid",
+                          f"checkpoint {seq} (signed at {time}, key {key_id}): checkpoint signature invalid", seq))
+        elif seq in walk.hashes_at:
+            if walk.hashes_at[seq] != head_hash:
+                found.append((seq, 1, "checkpoint_mismatch",
+                              f"entry {seq} differs from signed checkpoint {seq}: the chain was rewritten after "
+                              f"{f'checkpoint {previous}' if previous else 'its start'}", seq))
+        elif seq > walk.last_seq:
+            first_missing = walk.last_seq + 1
+            found.append((first_missing, 1, "truncated",
+                          f"truncated: the chain ends at entry {walk.last_seq}, but checkpoint {seq} (signed at "
+                          f"{time}) covers {seq} entries; entries from {first_missing} on were removed", seq))
+        previous = seq
+    report = VerifyReport(
+        intact=not found, length=walk.length, head_hash=walk.head_hash, first_bad_seq=None, problem=None,
+        checkpoints=len(checkpoints), last_checkpoint_seq=checkpoints[-1][0] if checkpoints else None,
+    )
+    if found:
+        bad_seq, _, kind, problem, checkpoint_seq = min(found, key=lambda item: (item[0], item[1]))
+        report.first_bad_seq, report.kind, report.problem = bad_seq, kind, problem
+        report.checkpoint_seq = checkpoint_seq
+    return report

@@ -45,3 +45,13 @@ def drop_guards(engine: Engine) -> None:
 def fill(store: AuditStore, count: int) -> list[dict[str, Any]]:
     """Append ``count`` fresh entries; returns the rows as appended."""
     return store.append_many([new_entry() for _ in range(count)])
+
+
+def drop_checkpoint_guards(engine: Engine) -> None:
+    """Remove the append-only triggers of the checkpoints."""
+    with engine.begin() as connection:
+        if engine.dialect.name == "postgresql":
+            connection.execute(text("DROP TRIGGER audit_checkpoints_append_only ON audit_checkpoints"))
+        else:
+            connection.execute(text("DROP TRIGGER audit_checkpoints_no_update"))
+            connection.execute(text("DROP TRIGGER audit_checkpoints_no_delete"))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import pytest
 
 from services.audit.app import build
 from services.audit.settings import Settings
+from services.audit.signing import checkpoint_message, load_public_key, signature_valid
 from services.audit.store import canonical_fields, entry_hash
 from shared import events, topics
 from shared.envelope import OutgoingEvent, build_event
@@ -26,7 +27,12 @@ from shared.events import (
     ApplicationSubmitted,
     Authority,
     AuthorityLevel,
+    CaseStatus,
+    CaseStatusChanged,
     ClientKind,
+    NotificationOutcome,
+    PersonalDataDeleted,
+    ReplyChannel,
     ResolvedRegion,
 )
 from shared.settings import KafkaSettings
@@ -39,8 +45,9 @@ ARRIVAL_S = 60
 
 
 @pytest.fixture
-def settings(database_url: str, kafka_settings: KafkaSettings) -> Settings:
-    return Settings(database_url=database_url, kafka=kafka_settings)
+def settings(database_url: str, kafka_settings: KafkaSettings, tmp_path: Path) -> Settings:
+    return Settings(database_url=database_url, kafka=kafka_settings, checkpoint_every=1,
+                    signing_key_file=tmp_path / "signing-key.pem")
 
 
 @pytest.fixture
@@ -57,15 +64,19 @@ def submitted_event(data: ApplicationSubmitted | None = None) -> OutgoingEvent:
     return build_event(event_type=events.SUBMITTED_V1, source="/ozg/intake", subject=str(data.case_id), data=data)
 
 
-def dispatched_event(data: ApplicationSubmitted, destination_id: uuid.UUID) -> OutgoingEvent:
-    routed = ApplicationRouted(
+def routed_data(data: ApplicationSubmitted, destination_id: uuid.UUID) -> ApplicationRouted:
+    return ApplicationRouted(
         case_id=data.case_id, reference=data.reference, leika_key=data.leika_key,
         region=ResolvedRegion(ars="092730137137", ags="09273137", name="Kelheim, St"),
         authority=Authority(ars="092730137137", name="Kelheim, St", level=AuthorityLevel.GEMEINDE),
         rule="default:gemeinde", destination_id=destination_id, destination_name="Stadt Kelheim",
     )
+
+
+def dispatched_event(data: ApplicationSubmitted, destination_id: uuid.UUID) -> OutgoingEvent:
     dispatched = ApplicationDispatched(case_id=data.case_id, reference=data.reference,
-                                       destination_id=destination_id, routing=routed, application=data)
+                                       destination_id=destination_id, routing=routed_data(data, destination_id),
+                                       application=data)
     return build_event(event_type=events.DISPATCHED_V1, source="/ozg/routing", subject=str(data.case_id),
                        data=dispatched)
 
@@ -150,6 +161,25 @@ async def test_trail_and_verify_over_the_broker(settings: Settings, kafka_settin
         assert f'ozg_audit_entries_total{{type="{events.SUBMITTED_V1}"}}' in metrics
         assert "ozg_audit_chain_intact 1.0" in metrics
 
+        # Checkpoints (here after every batch), their public key for anyone, the checkpoints for auditors.
+        assert report["checkpoints"] >= 1
+        pem = await client.get("/v1/checkpoints/public-key")
+        assert pem.status_code == 200
+        assert pem.headers["content-type"] == "application/x-pem-file"
+        public_key = load_public_key(pem.content)
+        listed = await client.get("/v1/checkpoints", headers=bearer(auditor))
+        assert listed.status_code == 200
+        body = listed.json()
+        assert body["key_id"] == pem.headers["x-key-id"]
+        assert body["checkpoints"]
+        for checkpoint in body["checkpoints"]:
+            message = checkpoint_message(checkpoint["seq"], checkpoint["head_hash"],
+                                         datetime.fromisoformat(checkpoint["created_at"]))
+            assert signature_valid(public_key, message, checkpoint["signature"])
+        assert (await client.get("/v1/checkpoints")).status_code == 401
+        assert (await client.get("/v1/checkpoints", headers=bearer(portal))).status_code == 403
+        assert (await client.get("/v1/checkpoints?limit=0", headers=bearer(auditor))).status_code == 422
+
 
 async def test_redelivered_event_is_recorded_once(sqlite_settings: Settings, kafka_settings: KafkaSettings) -> None:
     service, app = build(sqlite_settings)
@@ -188,4 +218,72 @@ async def test_poison_record_is_dead_lettered_and_consumption_goes_on(
 
         entries = await wait_until(lambda: trail_of(client, auditor, str(data.case_id), 1), timeout_s=ARRIVAL_S)
         assert [e["event_id"] for e in entries] == [later.event_id]
+        assert (await client.get("/v1/verify", headers=bearer(auditor))).json()["intact"] is True
+
+
+async def test_trail_of_a_case_through_the_whole_loop_is_complete_and_in_order(
+    sqlite_settings: Settings, kafka_settings: KafkaSettings
+) -> None:
+    """submitted → routed → dispatched → received, in_progress, decided, closed (each with a notification) →
+    deletion of its personal data: every event in the trail, in the order it happened."""
+    service, app = build(sqlite_settings)
+    async with running(service, app) as client:
+        _, auditor = await issue_key(kafka_settings, ClientKind.AUDITOR, service=service)
+        data = submitted()
+        case_id = str(data.case_id)
+        destination_id = uuid.uuid4()
+        destination_topic = topics.destination_topic(destination_id)
+        await ensure_topics(kafka_settings, [TopicSpec(destination_topic)])
+
+        def notification(trigger: OutgoingEvent) -> OutgoingEvent:
+            outcome = NotificationOutcome(notification_id=uuid.uuid4(), case_id=data.case_id,
+                                          channel=ReplyChannel.EMAIL, trigger_event_id=trigger.event_id,
+                                          trigger_type=trigger.event_type, attempts=1)
+            return build_event(event_type=events.NOTIFICATION_SENT_V1, source="/ozg/notify", subject=case_id,
+                               data=outcome)
+
+        def status(value: CaseStatus, previous: CaseStatus) -> OutgoingEvent:
+            changed = CaseStatusChanged(case_id=data.case_id, reference=data.reference, status=value,
+                                        previous_status=previous, destination_id=destination_id,
+                                        message="Sehr geehrte Frau Mustermann", changed_at=datetime.now(UTC))
+            return build_event(event_type=events.STATUS_CHANGED_V1, source="/ozg/routing", subject=case_id,
+                               data=changed)
+
+        loop: list[tuple[str, OutgoingEvent]] = [
+            (topics.SUBMITTED, submitted_event(data)),
+            (topics.ROUTED, build_event(event_type=events.ROUTED_V1, source="/ozg/routing", subject=case_id,
+                                        data=routed_data(data, destination_id))),
+            (destination_topic, dispatched_event(data, destination_id)),
+        ]
+        previous = CaseStatus.ROUTED
+        for value in (CaseStatus.RECEIVED, CaseStatus.IN_PROGRESS, CaseStatus.DECIDED, CaseStatus.CLOSED):
+            changed = status(value, previous)
+            loop += [(topics.CASE_STATUS, changed), (topics.NOTIFICATIONS, notification(changed))]
+            previous = value
+        deleted = PersonalDataDeleted(case_id=data.case_id, service="intake",
+                                      categories=["applicant", "form", "attachments"],
+                                      deleted_at=datetime.now(UTC))
+        loop.append((topics.DELETIONS, build_event(event_type=events.PERSONAL_DATA_DELETED_V1,
+                                                   source="/ozg/intake", subject=case_id, data=deleted)))
+
+        # Each event once the one before it is recorded, as the services cause them one after the other.
+        for count, (topic, event) in enumerate(loop, start=1):
+            await send(kafka_settings, topic, event)
+            entries = await wait_until(lambda n=count: trail_of(client, auditor, case_id, n), timeout_s=ARRIVAL_S)
+
+        assert [e["event_id"] for e in entries] == [event.event_id for _, event in loop]
+        assert [e["topic"] for e in entries] == [topic for topic, _ in loop]
+        assert [e["seq"] for e in entries] == sorted(e["seq"] for e in entries)
+        assert [e["status"] for e in entries] == [
+            "submitted", "routed", None, "received", None, "in_progress", None, "decided", None, "closed", None,
+            "personal_data_deleted",
+        ]
+        assert entries[-1]["event_type"] == events.PERSONAL_DATA_DELETED_V1
+        assert entries[-1]["reason"] == "retention"
+        for entry in entries:
+            fields = {**entry, "event_time": datetime.fromisoformat(entry["event_time"]),
+                      "recorded_at": datetime.fromisoformat(entry["recorded_at"])}
+            assert entry_hash(canonical_fields(fields)) == entry["hash"]
+        trail_text = (await client.get(f"/v1/cases/{case_id}/trail", headers=bearer(auditor))).text
+        assert "Mustermann" not in trail_text
         assert (await client.get("/v1/verify", headers=bearer(auditor))).json()["intact"] is True

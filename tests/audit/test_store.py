@@ -14,11 +14,13 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Engine, MetaData, delete, select, text, update
 from sqlalchemy.exc import DBAPIError
 
 from services.audit.app import MIGRATIONS
-from services.audit.models import ENTRIES, GENESIS_HASH
+from services.audit.models import CHECKPOINTS, ENTRIES, GENESIS_HASH
+from services.audit.signing import CheckpointSigner
 from services.audit.store import HASHED_COLUMNS, AuditStore, canonical_fields, entry_hash
 from shared import db, events
 from tests.audit.chain import drop_guards, fill, new_entry
@@ -34,12 +36,14 @@ def engine(database_url: str) -> Iterator[Engine]:
 
 @pytest.fixture
 def store(engine: Engine) -> AuditStore:
-    return AuditStore(engine)
+    # Checkpoints far apart: these tests are about the chain itself (test_checkpoints.py covers checkpoints).
+    return AuditStore(engine, CheckpointSigner(Ed25519PrivateKey.generate()), checkpoint_every=1_000_000)
 
 
 def test_migration_matches_the_model(engine: Engine) -> None:
     model = MetaData()
     ENTRIES.to_metadata(model)
+    CHECKPOINTS.to_metadata(model)
     with engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
         drift = [diff for diff in compare_metadata(context, model)
@@ -51,6 +55,7 @@ def test_empty_chain_is_intact(store: AuditStore) -> None:
     report = store.verify()
     assert report.model_dump() == {
         "intact": True, "length": 0, "head_hash": GENESIS_HASH, "first_bad_seq": None, "problem": None,
+        "kind": None, "checkpoint_seq": None, "checkpoints": 0, "last_checkpoint_seq": None,
     }
 
 
@@ -145,6 +150,7 @@ def test_changed_entry_is_pinpointed(store: AuditStore, engine: Engine) -> None:
     assert report.first_bad_seq == 3
     assert report.problem is not None
     assert "changed" in report.problem
+    assert report.kind == "changed"
     assert report.length == 5
 
 
@@ -168,6 +174,7 @@ def test_rewritten_entry_with_fresh_hash_breaks_the_next_link(store: AuditStore,
     assert report.first_bad_seq == 3
     assert report.problem is not None
     assert "does not link" in report.problem
+    assert report.kind == "unlinked"
 
 
 def test_removed_entry_is_detected_at_the_gap(store: AuditStore, engine: Engine) -> None:
@@ -180,6 +187,7 @@ def test_removed_entry_is_detected_at_the_gap(store: AuditStore, engine: Engine)
     assert report.first_bad_seq == 3
     assert report.problem is not None
     assert "missing" in report.problem
+    assert report.kind == "removed"
     assert report.length == 4
 
 
@@ -206,6 +214,7 @@ def test_swapped_entries_are_detected(store: AuditStore, engine: Engine) -> None
     report = store.verify()
     assert not report.intact
     assert report.first_bad_seq == 2
+    assert report.kind in ("changed", "unlinked")
 
 
 def test_appended_after_forged_link_is_detected(store: AuditStore, engine: Engine) -> None:
@@ -220,6 +229,7 @@ def test_appended_after_forged_link_is_detected(store: AuditStore, engine: Engin
     assert report.first_bad_seq == 3
     assert report.problem is not None
     assert "does not link" in report.problem
+    assert report.kind == "unlinked"
 
 
 def test_value_of_the_wrong_type_is_a_change(tmp_path: Path) -> None:
