@@ -1,25 +1,46 @@
 """Intake's HTTP API for portals and citizens' offices (SPEC §5 intake)."""
 
 
+import base64
 import hashlib
 import json
 import logging
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import anyio.to_thread
 import uuid6
-from fastapi import APIRouter, Depends, Header, Response, status
+from fastapi import APIRouter, Depends, Header, Request, Response, status
+from fastapi.responses import StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import Counter
 
-from services.intake.models import ApplicationAccepted, ApplicationCreate, Case, CasePublic
+from services.intake.attachments import receive
+from services.intake.blobs import BlobStore
+from services.intake.models import (
+    ApplicationAccepted,
+    ApplicationCreate,
+    Attachment,
+    AttachmentPublic,
+    Case,
+    CasePublic,
+)
 from services.intake.publishing import BrokerUnavailable, SubmissionPublisher, submitted_event
 from services.intake.settings import Settings
-from services.intake.store import InFlight, IntakeStore, KeyReused, Replay, Reserved, new_reference
+from services.intake.store import (
+    AttachmentsTaken,
+    InFlight,
+    IntakeStore,
+    KeyReused,
+    Replay,
+    Reserved,
+    new_reference,
+)
 from shared import catalogue
 from shared.auth import require
-from shared.events import ApplicationSubmitted, CaseStatus, ClientRecord
+from shared.events import ApplicationSubmitted, AttachmentRef, CaseStatus, ClientRecord
 from shared.problems import ProblemException
 from shared.runtime import Service
 
@@ -57,8 +78,34 @@ def validate_form(body: ApplicationCreate) -> None:
                                title="Validation failed", errors=errors)
 
 
+UPLOAD_SCHEMA: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary",
+                                 "description": "PDF, PNG, JPEG or XML (judged by the content)"},
+                        "sha512": {"type": "string", "pattern": "^[0-9a-f]{128}$",
+                                   "description": "optional: the SHA-512 the client computed; checked"},
+                    },
+                }
+            }
+        },
+    }
+}
+_bearer = HTTPBearer(auto_error=False, description="API key of a client (SPEC §5)")
+
+
+def attachment_problem(index: int, detail: str, code: str) -> dict[str, str]:
+    return {"pointer": f"#/attachments/{index}", "detail": detail, "code": code}
+
+
 def create_router(
-    service: Service, store: IntakeStore, settings: Settings, publisher: SubmissionPublisher
+    service: Service, store: IntakeStore, settings: Settings, publisher: SubmissionPublisher, blobs: BlobStore
 ) -> APIRouter:
     """The routes of intake's API."""
     router = APIRouter(prefix="/v1", tags=["applications"])
@@ -75,6 +122,28 @@ def create_router(
             links={"status": f"{settings.public_base_url}/v1/applications/{case.case_id}"},
         )
 
+    async def attachment_refs(ids: list[uuid.UUID], client: ClientRecord) -> list[AttachmentRef]:
+        """The claim-checks of an application's attachments: each must exist and be the client's own."""
+        errors = [attachment_problem(i, "listed twice", "duplicate") for i, a in enumerate(ids) if a in ids[:i]]
+        owned = await anyio.to_thread.run_sync(store.owned_attachments, ids, client.client_id)
+        errors += [attachment_problem(i, "no such attachment of this client", "unknown_attachment")
+                   for i, a in enumerate(ids) if a not in owned]
+        if errors:
+            raise ProblemException(422, "The application names attachments it cannot use.", kind="validation",
+                                   title="Validation failed", errors=errors)
+        total = sum(row.size for row in owned.values())
+        if total > settings.max_application_attachment_bytes:
+            raise ProblemException(
+                413, f"The attachments of one application may have at most "
+                f"{settings.max_application_attachment_bytes} bytes together.", kind="attachments-too-large",
+                title="Attachments too large",
+            )
+        return [
+            AttachmentRef(attachment_id=row.attachment_id, filename=row.filename, media_type=row.media_type,
+                          size=row.size, sha512=row.sha512)
+            for row in (owned[a] for a in ids)
+        ]
+
     @router.post(
         "/applications",
         status_code=status.HTTP_202_ACCEPTED,
@@ -89,12 +158,13 @@ def create_router(
     ) -> ApplicationAccepted:
         """Accept an application; answers only after the broker acknowledged it (acks=all)."""
         validate_form(body)
+        refs = await attachment_refs(body.attachments, client)
         now = datetime.now(UTC)
         case_id = uuid.UUID(str(uuid6.uuid7()))
         reference = new_reference(now)
         data = ApplicationSubmitted(
             case_id=case_id, reference=reference, leika_key=body.leika_key, region=body.region,
-            applicant=body.applicant, form=body.form, attachments=[], client_id=client.client_id,
+            applicant=body.applicant, form=body.form, attachments=refs, client_id=client.client_id,
             client_kind=client.kind, submitted_at=now,
         )
         candidate = Case(
@@ -109,7 +179,13 @@ def create_router(
             event_id=str(uuid.uuid4()),
             submission=data.model_dump_json(),
         )
-        outcome = await anyio.to_thread.run_sync(store.reserve, candidate)
+        outcome = await anyio.to_thread.run_sync(store.reserve, candidate, body.attachments)
+        if isinstance(outcome, AttachmentsTaken):
+            raise ProblemException(
+                422, "An attachment already belongs to another application.", kind="validation",
+                title="Validation failed",
+                errors=[{"pointer": "#/attachments", "detail": "already used", "code": "attachment_taken"}],
+            )
         if isinstance(outcome, KeyReused):
             raise ProblemException(422, "This Idempotency-Key was used with a different body.",
                                    kind="idempotency-key-reused", title="Idempotency key reused")
@@ -154,6 +230,80 @@ def create_router(
         if case is None:
             raise ProblemException(404, "No such case.", kind="not-found")
         return case
+
+    upload_scope = require(service.clients, "attachments:write")
+
+    @router.post(
+        "/attachments",
+        status_code=status.HTTP_201_CREATED,
+        tags=["attachments"],
+        summary="Upload an attachment (multipart/form-data, field 'file')",
+        openapi_extra=UPLOAD_SCHEMA,
+        responses={401: PROBLEM, 403: PROBLEM, 413: PROBLEM, 415: PROBLEM, 422: PROBLEM},
+    )
+    async def upload(
+        request: Request, response: Response, client: Annotated[ClientRecord, Depends(upload_scope)]
+    ) -> AttachmentPublic:
+        """Stream a file into the blob store; its media type is judged from its content, never from the header."""
+        limit = settings.max_attachment_bytes
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit + 64 * 1024:
+            raise ProblemException(413, f"An attachment may have at most {limit} bytes.",
+                                   kind="attachment-too-large", title="Attachment too large")
+        upload, fields = await receive(request.headers.get("content-type", ""), request.stream(), blobs, limit)
+        expected = fields.get("sha512")
+        if expected is not None and expected.strip().lower() != upload.sha512:
+            await blobs.delete(upload.attachment_id)
+            raise ProblemException(
+                422, "The file's SHA-512 differs from the one sent along; nothing was stored.", kind="validation",
+                title="Validation failed",
+                errors=[{"pointer": "#/sha512", "detail": "does not match the file", "code": "hash_mismatch"}],
+            )
+        row = Attachment(attachment_id=upload.attachment_id, client_id=client.client_id, filename=upload.filename,
+                         media_type=upload.media_type, size=upload.size, sha512=upload.sha512)
+        try:
+            await anyio.to_thread.run_sync(store.add_attachment, row)
+        except BaseException:
+            await blobs.delete(upload.attachment_id)
+            raise
+        response.headers["Location"] = f"/v1/attachments/{upload.attachment_id}"
+        return AttachmentPublic(id=upload.attachment_id, filename=upload.filename, size=upload.size,
+                                media_type=upload.media_type, sha512=upload.sha512)
+
+    @router.get(
+        "/attachments/{attachment_id}",
+        tags=["attachments"],
+        summary="Download an attachment",
+        response_class=StreamingResponse,
+        responses={200: {"content": {"application/octet-stream": {}}}, 401: PROBLEM, 404: PROBLEM},
+    )
+    async def download(
+        attachment_id: uuid.UUID,
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> StreamingResponse:
+        """For the client that uploaded it and for the destination its case was dispatched to; 404 for others."""
+        challenge = {"WWW-Authenticate": 'Bearer realm="ozg"'}
+        client = service.clients.authenticate(credentials.credentials) if credentials is not None else None
+        if client is None:
+            raise ProblemException(401, "A valid API key is required (Authorization: Bearer ...).",
+                                   kind="unauthenticated", headers=challenge)
+        found = await anyio.to_thread.run_sync(store.attachment, attachment_id)
+        allowed = found is not None and (
+            (found[0].client_id == client.client_id and "attachments:write" in client.scopes)
+            or (found[1] is not None and client.destination_id == found[1] and "attachments:read" in client.scopes)
+        )
+        if found is None or not allowed:
+            raise ProblemException(404, "No such attachment.", kind="not-found")
+        row = found[0]
+        return StreamingResponse(
+            blobs.read(row.attachment_id), media_type=row.media_type,
+            headers={
+                "Content-Length": str(row.size),
+                "Content-Disposition": f"attachment; filename*=UTF-8''{quote(row.filename)}",
+                "Repr-Digest": f"sha-512=:{base64.b64encode(bytes.fromhex(row.sha512)).decode()}:",
+                "X-Content-Type-Options": "nosniff",
+            },
+        )
 
     @router.get("/services", tags=["catalogue"], summary="The service catalogue")
     async def list_services() -> list[dict[str, Any]]:

@@ -8,6 +8,8 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from services.intake import api, handlers
+from services.intake.attachments import sweep_job
+from services.intake.blobs import BlobStore, LocalBlobStore
 from services.intake.publishing import SubmissionPublisher, outbox_job
 from services.intake.settings import Settings
 from services.intake.store import IntakeStore
@@ -22,6 +24,7 @@ class Intake:
 
     store: IntakeStore
     publisher: SubmissionPublisher
+    blobs: BlobStore
 
 
 def build(settings: Settings | None = None) -> tuple[Service, FastAPI]:
@@ -30,12 +33,16 @@ def build(settings: Settings | None = None) -> tuple[Service, FastAPI]:
     service = Service(settings, migrations=MIGRATIONS)
     store = IntakeStore(service.engine)
     publisher = SubmissionPublisher(service, settings.publish_timeout_s)
+    # The seam for an S3-compatible store: choose it here by configuration.
+    blobs = LocalBlobStore(settings.blob_dir)
     handlers.register(service.broker, store, settings.consumer_group)
     service.background.append(outbox_job(store, publisher, settings.outbox_after_s, settings.outbox_interval_s))
+    service.background.append(sweep_job(store, blobs, settings.unreferenced_attachment_ttl_s,
+                                        settings.attachment_sweep_interval_s))
     app = service.create_app(
         title="OZG intake",
         description="Accepts applications (Anträge) from portals and citizens' offices and answers status queries.",
-        routers=[api.create_router(service, store, settings, publisher)],
+        routers=[api.create_router(service, store, settings, publisher, blobs)],
     )
-    app.state.intake = Intake(store=store, publisher=publisher)
+    app.state.intake = Intake(store=store, publisher=publisher, blobs=blobs)
     return service, app

@@ -15,17 +15,17 @@ from shared.events import ApplicationRouted, ApplicationUnroutable, CaseStatus, 
 from shared.kafka import read_event
 
 
-def status_of(envelope: Envelope) -> tuple[UUID, CaseStatus, str | None]:
-    """The case, new status and applicant-facing detail an event carries."""
+def status_of(envelope: Envelope) -> tuple[UUID, CaseStatus, str | None, UUID | None]:
+    """The case, new status, applicant-facing detail and (when routed) destination an event carries."""
     if envelope.type == events.ROUTED_V1:
         routed = envelope.data_as(ApplicationRouted)
-        return routed.case_id, CaseStatus.ROUTED, routed.authority.name
+        return routed.case_id, CaseStatus.ROUTED, routed.authority.name, routed.destination_id
     if envelope.type == events.UNROUTABLE_V1:
         unroutable = envelope.data_as(ApplicationUnroutable)
-        return unroutable.case_id, CaseStatus.UNROUTABLE, None
+        return unroutable.case_id, CaseStatus.UNROUTABLE, None, None
     if envelope.type == events.STATUS_CHANGED_V1:
         changed = envelope.data_as(CaseStatusChanged)
-        return changed.case_id, changed.status, changed.message
+        return changed.case_id, changed.status, changed.message, None
     raise InvalidEvent(f"intake does not expect {envelope.type}")
 
 
@@ -34,8 +34,10 @@ def register(broker: KafkaBroker, store: IntakeStore, group_id: str) -> None:
 
     async def on_status(msg: KafkaMessage) -> None:
         envelope = read_event(msg)
-        case_id, status, detail = status_of(envelope)
-        await anyio.to_thread.run_sync(store.record_status, envelope.id, case_id, status, envelope.time, detail)
+        case_id, status, detail, destination_id = status_of(envelope)
+        await anyio.to_thread.run_sync(
+            store.record_status, envelope.id, case_id, status, envelope.time, detail, destination_id
+        )
 
     broker.subscriber(
         topics.ROUTED, topics.UNROUTABLE, topics.CASE_STATUS,

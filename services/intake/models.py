@@ -45,6 +45,8 @@ class Case(CaseBase, table=True):
     body_hash: str = Field(max_length=64)
     event_id: str = Field(max_length=64)
     state: CaseState = Field(default=CaseState.PENDING, sa_type=String(16))
+    # The destination routing dispatched the case to (from ozg.applications.routed): it may fetch the attachments.
+    destination_id: UUID | None = Field(default=None)
     # The submitted event's data while the case is pending (the outbox); cleared once the broker acknowledged it.
     submission: str | None = Field(default=None, sa_type=Text)
 
@@ -59,6 +61,31 @@ class CaseHistory(SQLModel, table=True):
     status: CaseStatus = Field(sa_type=String(32))
     at: datetime
     detail: str | None = Field(default=None, max_length=5000)
+
+
+class Attachment(SQLModel, table=True):
+    """An uploaded file: the blob itself is in the blob store; ``case_id`` once an application references it."""
+
+    __tablename__ = "attachments"
+
+    attachment_id: UUID = Field(primary_key=True)
+    client_id: UUID = Field(index=True)
+    filename: str = Field(max_length=255)
+    media_type: str = Field(max_length=64)
+    size: int
+    sha512: str = Field(max_length=128)
+    created_at: datetime = Field(default_factory=_now, index=True)
+    case_id: UUID | None = Field(default=None, index=True, foreign_key="cases.case_id")
+
+
+class AttachmentPublic(BaseModel):
+    """The answer of ``POST /v1/attachments``."""
+
+    id: UUID
+    filename: str
+    size: int
+    media_type: str
+    sha512: str
 
 
 class ApplicationCreate(BaseModel):

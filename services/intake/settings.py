@@ -1,5 +1,6 @@
 """Intake's settings, from ``INTAKE_*`` environment variables (Kafka from ``OZG_KAFKA_*``)."""
 
+from pathlib import Path
 from typing import Self
 
 from pydantic import Field, model_validator
@@ -26,6 +27,13 @@ class Settings(ServiceSettings):
     # Outbox: a case still pending this long after its reservation is published again (with its event id).
     outbox_after_s: float = Field(default=60.0, gt=0)
     outbox_interval_s: float = Field(default=15.0, gt=0)
+
+    # Attachments (claim-check): the local blob store, size limits, and when unreferenced uploads are removed.
+    blob_dir: Path = Path(".run/blobs")
+    max_attachment_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
+    max_application_attachment_bytes: int = Field(default=50 * 1024 * 1024, ge=1)
+    unreferenced_attachment_ttl_s: float = Field(default=24 * 3600, gt=0)
+    attachment_sweep_interval_s: float = Field(default=600, gt=0)
 
     @model_validator(mode="after")
     def _timeouts_consistent(self) -> Self:

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from uuid import UUID
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, delete, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from services.intake.models import Case, CaseHistory, CasePublic, CaseState, HistoryEntry
+from services.intake.models import Attachment, Case, CaseHistory, CasePublic, CaseState, HistoryEntry
 from shared.events import CaseStatus
 from shared.idempotency import first_delivery
 
@@ -50,7 +51,12 @@ class InFlight:
     """The same key is being processed right now."""
 
 
-Reservation = Reserved | Replay | KeyReused | InFlight
+@dataclass(frozen=True)
+class AttachmentsTaken:
+    """An attachment named in the application already belongs to another application."""
+
+
+Reservation = Reserved | Replay | KeyReused | InFlight | AttachmentsTaken
 
 
 class IntakeStore:
@@ -61,8 +67,8 @@ class IntakeStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def reserve(self, candidate: Case) -> Reservation:
-        """Reserve ``candidate`` under its (client, idempotency key), or say why not."""
+    def reserve(self, candidate: Case, attachment_ids: Sequence[UUID] = ()) -> Reservation:
+        """Reserve ``candidate`` under its (client, idempotency key) and bind its attachments, or say why not."""
         with Session(self.engine) as session:
             existing = session.exec(
                 select(Case).where(Case.client_id == candidate.client_id,
@@ -74,6 +80,17 @@ class IntakeStore:
                 return InFlight() if existing.state == CaseState.PENDING else Replay(existing)
             session.add(candidate)
             try:
+                session.flush()
+                if attachment_ids:
+                    bound = session.exec(
+                        update(Attachment)
+                        .where(col(Attachment.attachment_id).in_(attachment_ids),
+                               col(Attachment.client_id) == candidate.client_id, col(Attachment.case_id).is_(None))
+                        .values(case_id=candidate.case_id)
+                    )
+                    if bound.rowcount != len(attachment_ids):
+                        session.rollback()
+                        return AttachmentsTaken()
                 session.commit()
             except IntegrityError:
                 # The same key raced us to the unique index, or (once in 2^40) the reference collided.
@@ -103,6 +120,9 @@ class IntakeStore:
         with Session(self.engine) as session:
             case = session.get(Case, case_id)
             if case is not None and case.state == CaseState.PENDING:
+                session.exec(
+                    update(Attachment).where(col(Attachment.case_id) == case_id).values(case_id=None)
+                )
                 session.delete(case)
                 session.commit()
 
@@ -130,7 +150,8 @@ class IntakeStore:
             )
 
     def record_status(
-        self, event_id: str, case_id: UUID, status: CaseStatus, at: datetime, detail: str | None = None
+        self, event_id: str, case_id: UUID, status: CaseStatus, at: datetime, detail: str | None = None,
+        destination_id: UUID | None = None,
     ) -> bool:
         """Apply a status event once; False if it was seen before or the case isn't intake's."""
         with Session(self.engine) as session:
@@ -142,7 +163,54 @@ class IntakeStore:
                 return False
             case.status = status
             case.updated_at = at
+            if destination_id is not None:
+                case.destination_id = destination_id
             session.add(case)
             session.add(CaseHistory(case_id=case_id, status=status, at=at, detail=detail))
             session.commit()
             return True
+
+    def add_attachment(self, attachment: Attachment) -> None:
+        """Record an uploaded attachment."""
+        with Session(self.engine) as session:
+            session.add(attachment)
+            session.commit()
+
+    def owned_attachments(self, attachment_ids: Sequence[UUID], client_id: UUID) -> dict[UUID, Attachment]:
+        """Those of ``attachment_ids`` that exist and were uploaded by ``client_id``."""
+        if not attachment_ids:
+            return {}
+        with Session(self.engine) as session:
+            rows = session.exec(
+                select(Attachment).where(col(Attachment.attachment_id).in_(attachment_ids),
+                                         Attachment.client_id == client_id)
+            ).all()
+            return {row.attachment_id: row for row in rows}
+
+    def attachment(self, attachment_id: UUID) -> tuple[Attachment, UUID | None] | None:
+        """An attachment and the destination its case was dispatched to (if any)."""
+        with Session(self.engine) as session:
+            row = session.get(Attachment, attachment_id)
+            if row is None:
+                return None
+            case = session.get(Case, row.case_id) if row.case_id is not None else None
+            destination = case.destination_id if case is not None and case.state == CaseState.ACCEPTED else None
+            return row, destination
+
+    def unreferenced_before(self, cutoff: datetime, limit: int = 500) -> list[UUID]:
+        """Attachments no application references that were uploaded before ``cutoff``."""
+        with Session(self.engine) as session:
+            return list(session.exec(
+                select(Attachment.attachment_id)
+                .where(col(Attachment.case_id).is_(None), col(Attachment.created_at) < cutoff).limit(limit)
+            ).all())
+
+    def forget_unreferenced(self, attachment_id: UUID) -> bool:
+        """Delete the record of an attachment unless an application took it meanwhile; True if deleted."""
+        with Session(self.engine) as session:
+            result = session.exec(
+                delete(Attachment).where(col(Attachment.attachment_id) == attachment_id,
+                                         col(Attachment.case_id).is_(None))
+            )
+            session.commit()
+            return bool(result.rowcount)

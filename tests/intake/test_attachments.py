@@ -1,0 +1,221 @@
+"""Attachments by claim-check against the real broker: upload, media type from the bytes, limits, hashes,
+references from applications, download authorisation and the sweep of unreferenced uploads."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlmodel import Session
+
+from services.intake.app import build
+from services.intake.attachments import sniff, sweep_unreferenced
+from services.intake.models import Attachment
+from services.intake.settings import Settings
+from shared import events, topics
+from shared.envelope import build_event, parse_event
+from shared.events import ApplicationRouted, ApplicationSubmitted, Authority, AuthorityLevel, ClientKind, ResolvedRegion
+from shared.settings import KafkaSettings
+from tests.factories import WOHNSITZ, application_body
+from tests.support import consume, issue_key, produce, running, wait_until
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 100
+PDF = b"%PDF-1.7\n" + b"x" * 100
+JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 100
+XML = b"\xef\xbb\xbf  \n<xoev:nachricht xmlns:xoev='urn:x'/>"
+
+
+@pytest.fixture
+def settings(tmp_path: Path, kafka_settings: KafkaSettings) -> Settings:
+    return Settings(database_url=f"sqlite:///{tmp_path / 'intake.db'}", kafka=kafka_settings,
+                    blob_dir=tmp_path / "blobs", max_attachment_bytes=2048, max_application_attachment_bytes=3000)
+
+
+def bearer(key: str, idempotency_key: str | None = None) -> dict[str, str]:
+    headers = {"Authorization": f"Bearer {key}"}
+    if idempotency_key:
+        headers["Idempotency-Key"] = idempotency_key
+    return headers
+
+
+async def upload(client: httpx.AsyncClient, key: str, content: bytes, filename: str = "antrag.pdf",
+                 content_type: str = "application/pdf", **fields: str) -> httpx.Response:
+    return await client.post("/v1/attachments", headers=bearer(key), data=fields,
+                             files={"file": (filename, content, content_type)})
+
+
+def stored_files(root: Path, temporary: bool = False) -> list[Path]:
+    """The committed blobs under ``root`` (or, with ``temporary``, the ones still being written)."""
+    if not root.exists():
+        return []
+    return [p for p in root.rglob("*") if p.is_file() and (p.relative_to(root).parts[0] == "tmp") == temporary]
+
+
+def test_sniffing_judges_the_bytes() -> None:
+    assert sniff(PDF) == "application/pdf"
+    assert sniff(PNG) == "image/png"
+    assert sniff(JPEG) == "image/jpeg"
+    assert sniff(XML) == "application/xml"
+    assert sniff(b'<?xml version="1.0"?><a/>') == "application/xml"
+    assert sniff(b"MZ\x90\x00 executable") is None
+    assert sniff(b"hello, plain text") is None
+    assert sniff(b"< not xml") is None
+
+
+async def test_upload_stores_by_content_with_hash_and_limits(settings: Settings, kafka_settings: KafkaSettings) -> None:
+    service, app = build(settings)
+    async with running(service, app) as client:
+        _, key = await issue_key(kafka_settings, ClientKind.PORTAL, service=service)
+
+        # A PNG claimed to be a PDF is stored as what it is.
+        png = await upload(client, key, PNG, "scan.png", "application/pdf")
+        assert png.status_code == 201, png.text
+        answer = png.json()
+        assert answer["media_type"] == "image/png"
+        assert answer["size"] == len(PNG)
+        assert answer["filename"] == "scan.png"
+        assert answer["sha512"] == hashlib.sha512(PNG).hexdigest()
+        assert png.headers["location"] == f"/v1/attachments/{answer['id']}"
+        assert (settings.blob_dir / answer["id"].replace("-", "")[:2] / uuid.UUID(answer["id"]).hex).read_bytes() == PNG
+
+        for content in (PDF, JPEG, XML):
+            assert (await upload(client, key, content)).status_code == 201
+        before = len(stored_files(settings.blob_dir))
+
+        # Anything else is refused, whatever the header says.
+        for content, claimed in ((b"MZ\x90\x00" + b"\x00" * 600, "application/pdf"), (b"just text", "image/png")):
+            refused = await upload(client, key, content, "x.pdf", claimed)
+            assert refused.status_code == 415
+            assert refused.headers["content-type"] == "application/problem+json"
+        # Beyond the per-file limit: 413, nothing kept.
+        too_big = await upload(client, key, PDF + b"x" * 3000)
+        assert too_big.status_code == 413
+        # A SHA-512 sent along must match.
+        mismatch = await upload(client, key, PDF, sha512="0" * 128)
+        assert mismatch.status_code == 422
+        assert mismatch.json()["errors"][0]["pointer"] == "#/sha512"
+        matching = await upload(client, key, PDF, sha512=hashlib.sha512(PDF).hexdigest())
+        assert matching.status_code == 201
+        # Malformed requests.
+        no_file = await client.post("/v1/attachments", headers=bearer(key), data={"other": "x"},
+                                    files={"notfile": ("a.pdf", PDF, "application/pdf")})
+        assert no_file.status_code == 422
+        raw = await client.post("/v1/attachments", headers={**bearer(key), "Content-Type": "application/pdf"},
+                                content=PDF)
+        assert raw.status_code == 415
+        assert len(stored_files(settings.blob_dir)) == before + 1
+        assert stored_files(settings.blob_dir, temporary=True) == []
+
+        _, auditor = await issue_key(kafka_settings, ClientKind.AUDITOR, service=service)
+        assert (await upload(client, auditor, PDF)).status_code == 403
+        assert (await client.post("/v1/attachments", files={"file": ("a.pdf", PDF)})).status_code == 401
+
+
+async def test_applications_reference_own_attachments_within_limits(
+    settings: Settings, kafka_settings: KafkaSettings
+) -> None:
+    service, app = build(settings)
+    async with running(service, app) as client:
+        _, key = await issue_key(kafka_settings, ClientKind.PORTAL, service=service)
+        _, other = await issue_key(kafka_settings, ClientKind.PORTAL, service=service)
+        mine = (await upload(client, key, PDF)).json()
+        theirs = (await upload(client, other, PNG, "p.png", "image/png")).json()
+
+        body = application_body()
+        body["attachments"] = [mine["id"], theirs["id"], str(uuid.uuid4())]
+        refused = await client.post("/v1/applications", json=body, headers=bearer(key, "a"))
+        assert refused.status_code == 422
+        assert [e["pointer"] for e in refused.json()["errors"]] == ["#/attachments/1", "#/attachments/2"]
+
+        big = [(await upload(client, key, PDF + b"x" * 1500)).json()["id"] for _ in range(2)]
+        body["attachments"] = big
+        too_much = await client.post("/v1/applications", json=body, headers=bearer(key, "b"))
+        assert too_much.status_code == 413
+
+        body["attachments"] = [mine["id"]]
+        accepted = await client.post("/v1/applications", json=body, headers=bearer(key, "c"))
+        assert accepted.status_code == 202, accepted.text
+        case_id = accepted.json()["case_id"]
+        records = await consume(kafka_settings, topics.SUBMITTED, 1, predicate=lambda r: r.key == case_id.encode())
+        data = parse_event(records[0].headers, records[0].value, records[0].key).data_as(ApplicationSubmitted)
+        [ref] = data.attachments
+        assert (str(ref.attachment_id), ref.media_type, ref.size, ref.sha512) == (
+            mine["id"], "application/pdf", len(PDF), hashlib.sha512(PDF).hexdigest())
+        # Replay: the same answer; another application may not take the same file.
+        assert (await client.post("/v1/applications", json=body, headers=bearer(key, "c"))).json() == accepted.json()
+        taken = await client.post("/v1/applications", json=body, headers=bearer(key, "d"))
+        assert taken.status_code == 422
+
+
+async def test_download_only_for_uploader_and_destination_of_the_case(
+    settings: Settings, kafka_settings: KafkaSettings
+) -> None:
+    service, app = build(settings)
+    async with running(service, app) as client:
+        destination_id, elsewhere = uuid.uuid4(), uuid.uuid4()
+        _, portal = await issue_key(kafka_settings, ClientKind.PORTAL, service=service)
+        _, other_portal = await issue_key(kafka_settings, ClientKind.PORTAL, service=service)
+        _, destination = await issue_key(kafka_settings, ClientKind.DESTINATION, service=service,
+                                         destination_id=destination_id)
+        _, other_destination = await issue_key(kafka_settings, ClientKind.DESTINATION, service=service,
+                                               destination_id=elsewhere)
+        attachment = (await upload(client, portal, PDF)).json()
+        url = f"/v1/attachments/{attachment['id']}"
+
+        own = await client.get(url, headers=bearer(portal))
+        assert own.status_code == 200
+        assert own.content == PDF
+        assert own.headers["content-type"] == "application/pdf"
+        assert (await client.get(url, headers=bearer(other_portal))).status_code == 404
+        assert (await client.get(url, headers=bearer(destination))).status_code == 404  # not dispatched yet
+        assert (await client.get(url)).status_code == 401
+        unknown = await client.get(f"/v1/attachments/{uuid.uuid4()}", headers=bearer(portal))
+        assert unknown.status_code == 404
+
+        body = application_body()
+        body["attachments"] = [attachment["id"]]
+        answer = (await client.post("/v1/applications", json=body, headers=bearer(portal, "k"))).json()
+        routed = ApplicationRouted(
+            case_id=uuid.UUID(answer["case_id"]), reference=answer["reference"], leika_key=WOHNSITZ,
+            region=ResolvedRegion(ars="092730137137", ags="09273137", name="Kelheim, St"),
+            authority=Authority(ars="092730137137", name="Kelheim, St", level=AuthorityLevel.GEMEINDE),
+            rule="default:gemeinde", destination_id=destination_id, destination_name="Stadt Kelheim",
+        )
+        event = build_event(event_type=events.ROUTED_V1, source="/test", subject=answer["case_id"], data=routed)
+        await produce(kafka_settings, topics.ROUTED, event.value, event.headers, event.key)
+
+        async def destination_may_fetch() -> bool:
+            return (await client.get(url, headers=bearer(destination))).status_code == 200
+
+        await wait_until(destination_may_fetch)
+        fetched = await client.get(url, headers=bearer(destination))
+        assert hashlib.sha512(fetched.content).hexdigest() == attachment["sha512"]
+        assert (await client.get(url, headers=bearer(other_destination))).status_code == 404
+        assert (await client.get(url, headers=bearer(other_portal))).status_code == 404
+
+
+async def test_sweep_removes_old_unreferenced_uploads_only(settings: Settings, kafka_settings: KafkaSettings) -> None:
+    service, app = build(settings)
+    async with running(service, app) as client:
+        _, key = await issue_key(kafka_settings, ClientKind.PORTAL, service=service)
+        old_orphan, referenced, fresh = [(await upload(client, key, PDF)).json()["id"] for _ in range(3)]
+        body = application_body()
+        body["attachments"] = [referenced]
+        assert (await client.post("/v1/applications", json=body, headers=bearer(key, "s"))).status_code == 202
+        with Session(service.engine) as session:
+            for attachment_id in (old_orphan, referenced):
+                row = session.get_one(Attachment, uuid.UUID(attachment_id))
+                row.created_at = datetime.now(UTC) - timedelta(days=2)
+                session.add(row)
+            session.commit()
+
+        parts = app.state.intake
+        assert await sweep_unreferenced(parts.store, parts.blobs, older_than_s=24 * 3600) == 1
+        assert (await client.get(f"/v1/attachments/{old_orphan}", headers=bearer(key))).status_code == 404
+        assert not parts.blobs.path(uuid.UUID(old_orphan)).exists()
+        for kept in (referenced, fresh):
+            assert (await client.get(f"/v1/attachments/{kept}", headers=bearer(key))).status_code == 200
