@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import json
+import shutil
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -13,9 +16,14 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
+from deploy.local.__main__ import first_application
+from deploy.local.broker import free_port
 from deploy.local.stack import LocalStack
-from shared import catalogue
+from shared import catalogue, topics
+from tests.conftest import skip_or_fail
+from tests.support import produce
 
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,8 +54,6 @@ def test_application_flows_from_portal_to_audit_trail(stack: tuple[LocalStack, d
     system, credentials = stack
     portal = {"Authorization": f"Bearer {credentials['portal']}"}
     auditor = {"Authorization": f"Bearer {credentials['auditor']}"}
-    from deploy.local.__main__ import first_application
-
     body = first_application()
     with httpx.Client(timeout=10) as http:
         # Keys reach every service through ozg.clients; wait until intake knows the portal's.
@@ -100,3 +106,59 @@ def test_application_flows_from_portal_to_audit_trail(stack: tuple[LocalStack, d
 
     credentials_file = json.loads((system.root / "credentials.json").read_text())
     assert set(credentials_file) == {"portal", "counter", "operator", "auditor", "destinations"}
+
+
+def test_prometheus_scrapes_the_system_and_every_dashboard_query_has_data(
+    stack: tuple[LocalStack, dict[str, Any]], tmp_path: Path
+) -> None:
+    """A real Prometheus (Debian's package) against the running system: every dashboard panel returns data."""
+    system, credentials = stack
+    binary = shutil.which("prometheus")
+    if binary is None:
+        skip_or_fail("prometheus is not installed (make test installs it from Debian's packages)")
+    assert binary is not None
+    # A poison record, so the dead-letter series exist as they would in production after the first one.
+    asyncio.run(produce(system.kafka, topics.SUBMITTED, b"{broken", {"content-type": "application/json"}, b"x"))
+    with httpx.Client(timeout=10) as http:
+        http.get(f"{system.url('audit')}/v1/verify", headers={"Authorization": f"Bearer {credentials['auditor']}"})
+        # And a case for clearing: Flensburg is not in the demo directory.
+        unroutable = {**first_application(), "region": {"ags": "01001000"}}
+        response = http.post(f"{system.url('intake')}/v1/applications", json=unroutable,
+                             headers={"Authorization": f"Bearer {credentials['portal']}",
+                                      "Idempotency-Key": str(uuid.uuid4())})
+        assert response.status_code == 202, response.text
+    port = free_port()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "1s"},
+        "scrape_configs": [{"job_name": "ozg", "static_configs": [
+            {"targets": [f"127.0.0.1:{system.ports[name]}"], "labels": {"service": name}} for name in system.ports
+        ]}],
+    }), encoding="utf-8")
+    process = subprocess.Popen(
+        [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "dashboards" / "ozg.json").read_text(encoding="utf-8"))
+    queries = {panel["title"]: target["expr"] for panel in dashboard["panels"] for target in panel["targets"]}
+    try:
+        def query(expr: str) -> list[Any]:
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/api/v1/query", params={"query": expr}, timeout=5)
+            except httpx.TransportError:
+                return []
+            return list(response.json()["data"]["result"]) if response.status_code == 200 else []
+
+        poll(lambda: len(query('up{job="ozg"} == 1')) == 4, timeout_s=60)
+        empty: dict[str, str] = {}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            empty = {title: expr for title, expr in queries.items() if not query(expr)}
+            if not empty:
+                break
+            time.sleep(1)
+        assert not empty, f"dashboard panels without data: {sorted(empty)}"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
