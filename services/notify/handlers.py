@@ -8,6 +8,7 @@ from the persisted schedule (:mod:`services.notify.delivery`). Logs carry ids on
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,9 +21,9 @@ from faststream.kafka import KafkaBroker, KafkaMessage
 
 from services.notify.delivery import Deliverer, now_utc
 from services.notify.messages import Renderer, service_name
-from services.notify.models import FINAL_STATUSES, Contact
+from services.notify.models import FINAL_STATUSES, Contact, ParkedEvent
 from services.notify.settings import Settings
-from services.notify.store import Claimed, NotifyStore, UnknownContactError
+from services.notify.store import Claimed, NotifyStore
 from shared import events, topics
 from shared.envelope import Envelope, InvalidEvent
 from shared.events import (
@@ -141,7 +142,10 @@ class Notifier:
         }
 
     async def handle(self, envelope: Envelope) -> None:
-        """Process one event: claim it with its rendered message, then make the first delivery attempt."""
+        """Process one event: claim it with its rendered message, then make the first delivery attempt.
+
+        An event for a case whose contact is not known yet is parked and handled when the submitted event comes.
+        """
         trigger = trigger_of(envelope)
         if trigger is None:
             return
@@ -150,7 +154,23 @@ class Notifier:
             if await anyio.to_thread.run_sync(self.store.processed, envelope.id):
                 # A redelivery after the contact was deleted (retention): it took effect long ago.
                 return
-            raise UnknownContactError(f"no contact for case {trigger.case_id}")
+            # The submitted event travels on another topic and may come later: park this one until it does.
+            await anyio.to_thread.run_sync(self.store.park, parked_event(envelope, trigger.case_id))
+            return
+        await self._claim_and_deliver(envelope, trigger, contact)
+        if trigger.contact is not None:
+            await self._handle_parked(trigger.case_id)
+
+    async def _handle_parked(self, case_id: UUID) -> None:
+        """Handle the events that arrived before the case's submitted event, in their order of arrival."""
+        for event in await anyio.to_thread.run_sync(self.store.parked, case_id):
+            await self.handle(
+                Envelope(id=event.event_id, type=event.event_type, source=event.source, subject=str(case_id),
+                         time=event.event_time, data=json.loads(event.data), headers={})
+            )
+            await anyio.to_thread.run_sync(self.store.unpark, event.event_id)
+
+    async def _claim_and_deliver(self, envelope: Envelope, trigger: Trigger, contact: Contact) -> None:
         # Rendered before the claim: a failure here is retried with nothing recorded yet.
         message = self.renderer.render(trigger.template, contact.language, self.context(contact, trigger))
         claim = await anyio.to_thread.run_sync(
@@ -176,6 +196,12 @@ class Notifier:
                 await self.deliverer.finished(notification)
             else:
                 await self.deliverer.attempt(notification.notification_id)
+
+
+def parked_event(envelope: Envelope, case_id: UUID) -> ParkedEvent:
+    """An event kept until its case's contact arrives."""
+    return ParkedEvent(event_id=envelope.id, case_id=case_id, event_type=envelope.type, source=envelope.source,
+                       event_time=envelope.time, data=json.dumps(envelope.data))
 
 
 def register(broker: KafkaBroker, notifier: Notifier, group_id: str) -> None:

@@ -125,6 +125,21 @@ class Deletion(SQLModel, table=True):
     published_at: datetime | None = None
 
 
+class ParkedEvent(SQLModel, table=True):
+    """An event that arrived before the submitted event of its case (different topics, so no order between
+    them): kept until the contact is known, then handled in arrival order. Holds no personal data."""
+
+    __tablename__ = "parked_events"
+
+    event_id: str = Field(primary_key=True, max_length=200)
+    case_id: UUID = Field(index=True)
+    event_type: str = Field(max_length=100)
+    source: str = Field(max_length=200)
+    event_time: datetime
+    data: str = Field(sa_type=Text)
+    parked_at: datetime = Field(default_factory=_now)
+
+
 class NotificationPublic(BaseModel):
     """A notification as an operator sees it: what was sent when, on which channel; no contact data."""
 

@@ -16,6 +16,7 @@ from services.notify.models import (
     Notification,
     NotificationPublic,
     NotificationStatus,
+    ParkedEvent,
 )
 from shared.envelope import derived_event_id
 from shared.idempotency import ProcessedEvent, first_delivery
@@ -24,11 +25,7 @@ OPEN_STATUSES = (NotificationStatus.PENDING, NotificationStatus.SENDING)
 
 
 class UnknownContactError(Exception):
-    """An event for a case whose submitted event notify has not processed (yet).
-
-    Raised, not swallowed: the dead-letter middleware retries it with back-off (another replica may be handling
-    the submitted event right now) and then parks it on the dead-letter topic, from where it can be replayed.
-    """
+    """An event for a case whose submitted event notify has not processed (yet); the handler parks it."""
 
 
 @dataclass(frozen=True)
@@ -326,3 +323,27 @@ class NotifyStore:
     @staticmethod
     def _caused_by(session: Session, event_id: str) -> list[Notification]:
         return list(session.exec(select(Notification).where(Notification.trigger_event_id == event_id)).all())
+
+    def park(self, event: ParkedEvent) -> None:
+        """Keep an event until its case's contact is known (a repeated park of the same event is a no-op)."""
+        with self._session() as session:
+            if session.get(ParkedEvent, event.event_id) is None:
+                session.add(event)
+                try:
+                    session.commit()
+                except IntegrityError:
+                    session.rollback()
+
+    def parked(self, case_id: UUID) -> list[ParkedEvent]:
+        """The events parked for a case, in the order they arrived."""
+        with self._session() as session:
+            query = select(ParkedEvent).where(ParkedEvent.case_id == case_id).order_by(col(ParkedEvent.parked_at))
+            return list(session.exec(query).all())
+
+    def unpark(self, event_id: str) -> None:
+        """Forget a parked event once it has been handled."""
+        with self._session() as session:
+            event = session.get(ParkedEvent, event_id)
+            if event is not None:
+                session.delete(event)
+                session.commit()

@@ -6,6 +6,7 @@ and counts only the mail and events of its own cases.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
 import uuid
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from aiokafka import ConsumerRecord
 
 from deploy.local.broker import free_port
@@ -314,19 +316,26 @@ async def test_poison_messages_are_dead_lettered_and_the_consumer_keeps_going(
         assert {r.value for r in dead} == {b'{"case_id": ', b"{}", b'{"hello": "world"}'}
 
 
-async def test_event_for_an_unknown_case_is_retried_then_dead_lettered(
+async def test_an_event_that_overtakes_its_submitted_event_waits_for_it(
     tmp_path: Path, kafka_settings: KafkaSettings, mailbox: Mailbox
 ) -> None:
-    """A routed event whose submitted event notify never saw: nobody to tell, so it is parked on the .dlq."""
-    stranger = Case()
+    """Routed arrives before submitted (different topics, no order between them): it is parked, not lost, and
+    its message follows the receipt once the contact is known."""
+    case = Case()
     async with notify(kafka_settings, sqlite_url(tmp_path), mailbox.port):
-        routed = stranger.routed()
+        routed = case.routed()
         await send(kafka_settings, topics.ROUTED, routed)
-        [dead] = await consume(kafka_settings, topics.dlq_topic(topics.ROUTED), 1,
-                               predicate=lambda r: header(r, "ce_id") == routed.event_id)
-        assert header(dead, "x-ozg-dlq-error") == "UnknownContactError"
-        assert dead.value == routed.value
-        assert mailbox.about(stranger.reference) == []
+        await send(kafka_settings, topics.ROUTED, routed)  # redelivered while parked: still one message
+        with pytest.raises(AssertionError):
+            await consume(kafka_settings, topics.dlq_topic(topics.ROUTED), 1, timeout_s=3,
+                          predicate=lambda r: header(r, "ce_id") == routed.event_id)
+        assert mailbox.about(case.reference) == []
+        await send(kafka_settings, topics.SUBMITTED, case.submitted())
+        await wait_until(lambda: len(mailbox.about(case.reference)) >= 2)
+        await asyncio.sleep(1)
+        mails = mailbox.about(case.reference)
+        assert len(mails) == 2
+        assert "Eingangsbestätigung" in mails[0].subject
 
 
 async def test_notifications_api_needs_the_operator_scope(
