@@ -119,7 +119,7 @@ def parse_event(
     if missing:
         raise InvalidEvent(f"missing CloudEvents headers: {', '.join(missing)}")
     try:
-        text = {name: val.decode() for name, val in raw.items()}
+        text = {name: bytes(val).decode() for name, val in raw.items()}
     except UnicodeDecodeError:
         raise InvalidEvent("a header is not UTF-8") from None
     if text["ce_specversion"] != "1.0":

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import weakref
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiokafka import ConsumerRecord
@@ -26,6 +27,29 @@ async def _undecoded(msg: StreamMessage[Any]) -> bytes:
     return msg.body
 
 
+class _LenientBytes(bytes):
+    """A header value FastStream can always ``.decode()``: it decodes every header before any middleware runs,
+    so one non-UTF-8 value would fail the record outside the dead-letter path and redeliver it forever. Our own
+    parser (``envelope.parse_event``) still decodes strictly and dead-letters such a record."""
+
+    def decode(self, encoding: str = "utf-8", errors: str = "replace") -> str:
+        return bytes(self).decode(encoding, errors)
+
+
+def _lenient(record: ConsumerRecord[Any, Any]) -> ConsumerRecord[Any, Any]:
+    headers = [(name, _LenientBytes(value or b"")) for name, value in record.headers or ()]
+    return dataclasses.replace(record, headers=headers)
+
+
+async def _tolerant_parser(
+    msg: ConsumerRecord[Any, Any] | tuple[ConsumerRecord[Any, Any], ...],
+    original: Callable[[Any], Awaitable[StreamMessage[Any]]],
+) -> StreamMessage[Any]:
+    if isinstance(msg, tuple):
+        return await original(tuple(_lenient(record) for record in msg))
+    return await original(_lenient(msg))
+
+
 def make_broker(
     settings: KafkaSettings, *, service: str, registry: CollectorRegistry
 ) -> tuple[KafkaBroker, DeadLetterPolicy]:
@@ -43,6 +67,7 @@ def make_broker(
         graceful_timeout=settings.graceful_timeout_s,
         linger_ms=2,
         decoder=_undecoded,
+        parser=_tolerant_parser,
         # Per-message logs stay at DEBUG: on the hot path they cost more than the work itself.
         logger=logging.getLogger("faststream"),
         log_level=logging.DEBUG,
