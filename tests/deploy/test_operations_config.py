@@ -83,6 +83,7 @@ def test_docker_compose_is_the_production_shape() -> None:
         assert "healthcheck" in service
         assert service["environment"]["OZG_KAFKA_IDEMPOTENCE"] == "true"
         assert service["environment"][f"{name.upper()}_DATABASE_URL"].startswith("postgresql+psycopg://")
+    assert services["audit"]["environment"]["AUDIT_ENVIRONMENT"] == "production"  # refuses to run unsigned
     assert {"postgres", "prometheus", "grafana", "mailpit"} <= set(services)
     dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
     assert "USER 10001" in dockerfile
