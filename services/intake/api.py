@@ -7,17 +7,18 @@ import json
 import logging
 import uuid
 from datetime import UTC, datetime
+from http import HTTPStatus
 from typing import Annotated, Any
 from urllib.parse import quote
 
 import anyio.to_thread
 import uuid6
-from fastapi import APIRouter, Depends, Header, Request, Response, status
+from fastapi import APIRouter, Depends, FastAPI, Header, Request, Response, status
 from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import Counter
 
-from services.intake.attachments import receive
+from services.intake.attachments import MEDIA_TYPES, receive
 from services.intake.blobs import BlobStore
 from services.intake.models import (
     ApplicationAccepted,
@@ -27,7 +28,8 @@ from services.intake.models import (
     Case,
     CasePublic,
 )
-from services.intake.publishing import BrokerUnavailable, SubmissionPublisher, submitted_event
+from services.intake.publishing import BrokerUnavailable, SubmissionPublisher, submitted_event, withdrawn_event
+from services.intake.ratelimit import RateLimiter
 from services.intake.settings import Settings
 from services.intake.store import (
     AttachmentsTaken,
@@ -38,15 +40,55 @@ from services.intake.store import (
     Reserved,
     new_reference,
 )
-from shared import catalogue
+from shared import catalogue, topics
 from shared.auth import require
-from shared.events import ApplicationSubmitted, AttachmentRef, CaseStatus, ClientRecord
-from shared.problems import ProblemException
+from shared.events import ApplicationSubmitted, AttachmentRef, CaseStatus, CaseStatusChanged, ClientRecord
+from shared.problems import MEDIA_TYPE, ProblemDetail, ProblemException
 from shared.runtime import Service
 
 log = logging.getLogger(__name__)
 
-PROBLEM: dict[str, Any] = {"content": {"application/problem+json": {}}}
+PROBLEM_SCHEMA = "Problem"
+_INT_HEADER: dict[str, Any] = {"schema": {"type": "integer", "minimum": 0}}
+_RETRY_AFTER: dict[str, Any] = {"Retry-After": {"description": "Seconds to wait before retrying", **_INT_HEADER}}
+RATE_LIMIT_HEADERS: dict[str, Any] = {
+    "RateLimit-Limit": {"description": "Requests allowed per window for this client", **_INT_HEADER},
+    "RateLimit-Remaining": {"description": "Requests left in the current window", **_INT_HEADER},
+    "RateLimit-Reset": {"description": "Seconds until the window allows requests again", **_INT_HEADER},
+}
+
+
+def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI responses for ``statuses``, each an RFC 9457 problem (the schema ``Problem``)."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for code in statuses:
+        response: dict[str, Any] = {
+            "description": HTTPStatus(code).phrase,
+            "content": {MEDIA_TYPE: {"schema": {"$ref": f"#/components/schemas/{PROBLEM_SCHEMA}"}}},
+        }
+        if code == 429:
+            response["headers"] = {**_RETRY_AFTER, **RATE_LIMIT_HEADERS}
+        elif code == 503:
+            response["headers"] = dict(_RETRY_AFTER)
+        out[code] = response
+    return out
+
+
+def add_problem_schema(app: FastAPI) -> None:
+    """Put the ``Problem`` schema the responses refer to into ``app``'s OpenAPI components."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components[PROBLEM_SCHEMA] = ProblemDetail.model_json_schema(
+                ref_template="#/components/schemas/{model}"
+            ) | {"title": PROBLEM_SCHEMA}
+        assert app.openapi_schema is not None
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def body_hash(body: ApplicationCreate) -> str:
@@ -100,21 +142,30 @@ UPLOAD_SCHEMA: dict[str, Any] = {
 _bearer = HTTPBearer(auto_error=False, description="API key of a client (SPEC §5)")
 
 
+# SPEC §4: the applicant may withdraw from any state before ``decided``.
+WITHDRAWABLE = frozenset({
+    CaseStatus.SUBMITTED, CaseStatus.ROUTED, CaseStatus.UNROUTABLE, CaseStatus.RECEIVED, CaseStatus.IN_PROGRESS,
+    CaseStatus.INFORMATION_REQUESTED,
+})
+
+
 def attachment_problem(index: int, detail: str, code: str) -> dict[str, str]:
     return {"pointer": f"#/attachments/{index}", "detail": detail, "code": code}
 
 
 def create_router(
-    service: Service, store: IntakeStore, settings: Settings, publisher: SubmissionPublisher, blobs: BlobStore
+    service: Service, store: IntakeStore, settings: Settings, publisher: SubmissionPublisher, blobs: BlobStore,
+    limiter: RateLimiter | None = None,
 ) -> APIRouter:
-    """The routes of intake's API."""
+    """The routes of intake's API; the client-authenticated ones count against the client's rate limit."""
+    limiter = limiter or RateLimiter(settings.rate_limit)
     router = APIRouter(prefix="/v1", tags=["applications"])
     received = Counter(
         "ozg_applications_received", "Applications accepted by intake", ["leika_key", "client_kind"],
         registry=service.registry,
     )
-    submit_scope = require(service.clients, "applications:submit")
-    read_scope = require(service.clients, "applications:read")
+    submit_scope = limiter.dependency(require(service.clients, "applications:submit"))
+    read_scope = limiter.dependency(require(service.clients, "applications:read"))
 
     def accepted(case: Case) -> ApplicationAccepted:
         return ApplicationAccepted(
@@ -148,7 +199,7 @@ def create_router(
         "/applications",
         status_code=status.HTTP_202_ACCEPTED,
         summary="Submit an application",
-        responses={401: PROBLEM, 403: PROBLEM, 409: PROBLEM, 422: PROBLEM, 503: PROBLEM},
+        responses=problems(400, 401, 403, 409, 413, 422, 429, 503),
     )
     async def submit(
         body: ApplicationCreate,
@@ -221,7 +272,7 @@ def create_router(
         return accepted(case)
 
     @router.get("/applications/{case_id}", summary="Status and history of a case",
-                responses={401: PROBLEM, 403: PROBLEM, 404: PROBLEM})
+                responses=problems(401, 403, 404, 422, 429))
     async def get_application(
         case_id: uuid.UUID, client: Annotated[ClientRecord, Depends(read_scope)]
     ) -> CasePublic:
@@ -231,7 +282,61 @@ def create_router(
             raise ProblemException(404, "No such case.", kind="not-found")
         return case
 
-    upload_scope = require(service.clients, "attachments:write")
+    @router.post(
+        "/applications/{case_id}/withdrawal",
+        status_code=status.HTTP_202_ACCEPTED,
+        summary="Withdraw an application (before it is decided)",
+        responses=problems(401, 403, 404, 409, 422, 429, 503),
+    )
+    async def withdraw(
+        case_id: uuid.UUID, client: Annotated[ClientRecord, Depends(submit_scope)]
+    ) -> CasePublic:
+        """Withdraw the client's own case; answers after the broker acknowledged the status change (acks=all)."""
+        case = await anyio.to_thread.run_sync(store.owned_case, case_id, client.client_id)
+        if case is None:
+            raise ProblemException(404, "No such case.", kind="not-found")
+        current = CaseStatus(case.status)
+        if current not in WITHDRAWABLE:
+            raise ProblemException(
+                409, f"A case in status {current.value!r} can no longer be withdrawn.", kind="not-withdrawable",
+                title="Conflict", extra={"current_status": current.value},
+            )
+        change = CaseStatusChanged(
+            case_id=case.case_id, reference=case.reference, status=CaseStatus.WITHDRAWN, previous_status=current,
+            leika_key=case.leika_key, destination_id=case.destination_id, changed_at=datetime.now(UTC),
+        )
+        event = withdrawn_event(change)
+        try:
+            await publisher.publish(event, topics.CASE_STATUS)
+        except BrokerUnavailable as exc:
+            log.warning("withdrawal not published", extra={"case_id": str(case_id), "error": str(exc),
+                                                          "maybe_sent": exc.maybe_sent})
+            detail = ("The message broker did not acknowledge the withdrawal in time; it may still take effect. "
+                      "Check the case's status before retrying." if exc.maybe_sent else
+                      "The message broker is unavailable; the case was not withdrawn. Retry later.")
+            raise ProblemException(503, detail, kind="broker-unavailable", title="Service unavailable",
+                                   headers={"Retry-After": str(settings.retry_after_s)}) from None
+        # Recorded under the event's id: when intake's own consumer reads the event back, it is a repeat.
+        await anyio.to_thread.run_sync(
+            store.record_status, event.event_id, case_id, CaseStatus.WITHDRAWN, change.changed_at, None, None
+        )
+        withdrawn = await anyio.to_thread.run_sync(store.get, case_id, client.client_id)
+        assert withdrawn is not None
+        return withdrawn
+
+    upload_scope = limiter.dependency(require(service.clients, "attachments:write"))
+
+    async def any_client(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> ClientRecord:
+        """Any live client (401 otherwise): who may download is decided per attachment."""
+        client = service.clients.authenticate(credentials.credentials) if credentials is not None else None
+        if client is None:
+            raise ProblemException(401, "A valid API key is required (Authorization: Bearer ...).",
+                                   kind="unauthenticated", headers={"WWW-Authenticate": 'Bearer realm="ozg"'})
+        return client
+
+    download_client = limiter.dependency(any_client)
 
     @router.post(
         "/attachments",
@@ -239,7 +344,7 @@ def create_router(
         tags=["attachments"],
         summary="Upload an attachment (multipart/form-data, field 'file')",
         openapi_extra=UPLOAD_SCHEMA,
-        responses={401: PROBLEM, 403: PROBLEM, 413: PROBLEM, 415: PROBLEM, 422: PROBLEM},
+        responses=problems(401, 403, 413, 415, 422, 429),
     )
     async def upload(
         request: Request, response: Response, client: Annotated[ClientRecord, Depends(upload_scope)]
@@ -275,18 +380,16 @@ def create_router(
         tags=["attachments"],
         summary="Download an attachment",
         response_class=StreamingResponse,
-        responses={200: {"content": {"application/octet-stream": {}}}, 401: PROBLEM, 404: PROBLEM},
+        responses={
+            200: {"description": "The file, with its media type",
+                  "content": {media: {"schema": {"type": "string", "format": "binary"}} for media in MEDIA_TYPES}},
+            **problems(401, 404, 422, 429),
+        },
     )
     async def download(
-        attachment_id: uuid.UUID,
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+        attachment_id: uuid.UUID, client: Annotated[ClientRecord, Depends(download_client)]
     ) -> StreamingResponse:
         """For the client that uploaded it and for the destination its case was dispatched to; 404 for others."""
-        challenge = {"WWW-Authenticate": 'Bearer realm="ozg"'}
-        client = service.clients.authenticate(credentials.credentials) if credentials is not None else None
-        if client is None:
-            raise ProblemException(401, "A valid API key is required (Authorization: Bearer ...).",
-                                   kind="unauthenticated", headers=challenge)
         found = await anyio.to_thread.run_sync(store.attachment, attachment_id)
         allowed = found is not None and (
             (found[0].client_id == client.client_id and "attachments:write" in client.scopes)

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 SNIFF_BYTES = 512
 _XML_NAME_START = re.compile(rb"[A-Za-z_:]")
 MAX_FIELD_BYTES = 1024
+# What ``sniff`` recognises: the only media types intake accepts.
+MEDIA_TYPES = ("application/pdf", "image/png", "image/jpeg", "application/xml")
 
 
 def sniff(head: bytes) -> str | None:
@@ -183,7 +185,8 @@ async def receive(
                     part, field_value = _Part(), b""
                 elif event == "header":
                     name, raw = value
-                    part.headers[name] = raw.decode("utf-8", "replace")
+                    # Latin-1 keeps the octets as they came; parameters are decoded as UTF-8 below.
+                    part.headers[name] = raw.decode("latin-1")
                 elif event == "headers":
                     _, params = parse_options_header(part.headers.get("content-disposition", ""))
                     part.name = params.get(b"name", b"").decode("utf-8", "replace") or None

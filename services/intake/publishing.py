@@ -1,4 +1,5 @@
-"""Publishing submitted events: a bounded wait, topics recreated after a broker outage, and the outbox sweep."""
+"""Publishing intake's events (submissions, withdrawals): a bounded wait, topics recreated after a broker outage,
+and the outbox sweep."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from services.intake.models import Case
 from services.intake.store import IntakeStore
 from shared import events, topics
 from shared.envelope import OutgoingEvent, build_event
-from shared.events import ApplicationSubmitted
+from shared.events import ApplicationSubmitted, CaseStatusChanged
 from shared.kafka import publish
 from shared.runtime import Service
 
@@ -33,6 +34,12 @@ class BrokerUnavailable(Exception):
     def __init__(self, error: str, *, maybe_sent: bool) -> None:
         super().__init__(error)
         self.maybe_sent = maybe_sent
+
+
+def withdrawn_event(data: CaseStatusChanged) -> OutgoingEvent:
+    """The ``status-changed`` event of a withdrawal, published by intake itself."""
+    return build_event(event_type=events.STATUS_CHANGED_V1, source=SOURCE, subject=str(data.case_id),
+                       time=data.changed_at, data=data)
 
 
 def submitted_event(case: Case, data: ApplicationSubmitted) -> OutgoingEvent:
@@ -57,8 +64,9 @@ class SubmissionPublisher:
         # Service.connect() created the topics before the broker started.
         self._topics_known = True
 
-    async def publish(self, event: OutgoingEvent) -> None:
-        """Publish ``event`` on ``ozg.applications.submitted``; raises BrokerUnavailable on any failure.
+    async def publish(self, event: OutgoingEvent, topic: str = topics.SUBMITTED) -> None:
+        """Publish ``event`` on ``topic`` (by default ``ozg.applications.submitted``); raises BrokerUnavailable on
+        any failure.
 
         Within the time limit a failed attempt is repeated (a broker just back may refuse the first produce to a
         topic it only now created); repeats carry the same event id, so consumers drop any duplicate.
@@ -74,7 +82,7 @@ class SubmissionPublisher:
                         await topics.ensure_topics(self._service.settings.kafka, self._service.topic_specs)
                         self._topics_known = True
                     sending = True
-                    await publish(self._service.broker, topics.SUBMITTED, event)
+                    await publish(self._service.broker, topic, event)
                     return
             except TimeoutError:
                 self._topics_known = False

@@ -3,9 +3,10 @@
 from pathlib import Path
 from typing import Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from services.intake.ratelimit import parse_limit
 from shared.settings import ServiceSettings
 
 
@@ -34,6 +35,16 @@ class Settings(ServiceSettings):
     max_application_attachment_bytes: int = Field(default=50 * 1024 * 1024, ge=1)
     unreferenced_attachment_ttl_s: float = Field(default=24 * 3600, gt=0)
     attachment_sweep_interval_s: float = Field(default=600, gt=0)
+
+    # Per-client rate limit on submit, status and attachments, in the ``limits`` notation ("600/minute",
+    # "10/second", "1000 per hour"). Counted in this process's memory: each replica limits on its own.
+    rate_limit: str = "600/minute"
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_limit_parses(cls, value: str) -> str:
+        parse_limit(value)
+        return value
 
     @model_validator(mode="after")
     def _timeouts_consistent(self) -> Self:

@@ -149,6 +149,14 @@ class IntakeStore:
                 history=[HistoryEntry(status=h.status, at=h.at, detail=h.detail) for h in history],
             )
 
+    def owned_case(self, case_id: UUID, client_id: UUID) -> Case | None:
+        """An accepted case of ``client_id``, or None (also for another client's case)."""
+        with Session(self.engine) as session:
+            case = session.get(Case, case_id)
+            if case is None or case.client_id != client_id or case.state != CaseState.ACCEPTED:
+                return None
+            return case
+
     def record_status(
         self, event_id: str, case_id: UUID, status: CaseStatus, at: datetime, detail: str | None = None,
         destination_id: UUID | None = None,
