@@ -7,7 +7,7 @@ from pathlib import Path
 import anyio.to_thread
 from fastapi import FastAPI
 
-from services.routing import api, handlers
+from services.routing import api, handlers, status
 from services.routing.directory import Directory
 from services.routing.registry import RoutingState
 from services.routing.settings import Settings
@@ -25,6 +25,7 @@ def build(settings: Settings | None = None) -> tuple[Service, FastAPI]:
     state = RoutingState(RoutingStore(service.engine), Directory(gebietsstand=""),
                          fallback_directory=settings.directory_file, rules_dir=settings.rules_dir)
     handlers.register(service, state, settings)
+    status.register(service, state, settings)
 
     async def load() -> None:
         if settings.demo_destinations:
@@ -39,6 +40,7 @@ def build(settings: Settings | None = None) -> tuple[Service, FastAPI]:
     app = service.create_app(
         title="OZG routing",
         description="Finds the competent authority for a service and a place and dispatches cases to it.",
-        routers=[api.create_router(state), api.create_operator_router(service, state)],
+        routers=[api.create_router(state), api.create_operator_router(service, state),
+                 api.create_destination_router(service, state)],
     )
     return service, app

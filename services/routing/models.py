@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, HttpUrl, field_validator
+from pydantic import BaseModel, ConfigDict, HttpUrl, field_validator, model_validator
 from pydantic import Field as PydField
 from sqlmodel import JSON, Column, Field, SQLModel, String
 
-from shared.events import Authority, CaseStatus, LeikaKey, Region, ResolvedRegion, UnroutableReason
+from shared.events import (
+    Authority,
+    CaseStatus,
+    LeikaKey,
+    Outcome,
+    Problem,
+    Region,
+    ResolvedRegion,
+    UnroutableReason,
+)
 
 
 def _now() -> datetime:
@@ -295,3 +304,65 @@ class ManualRoutingDone(BaseModel):
     destination_id: UUID
     authority: Authority
     rule: str
+
+
+ReportedStatus = Literal["received", "rejected", "in_progress", "information_requested", "decided", "closed"]
+
+
+class StatusReport(BaseModel):
+    """The body of ``POST /v1/cases/{case_id}/status``: what the back office reports (SPEC §4).
+
+    ``information_requested`` and ``decided`` carry a message to the applicant, ``decided`` its outcome,
+    ``rejected`` the problems found (RFC 9457 style).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: ReportedStatus
+    message: str | None = PydField(default=None, min_length=1, max_length=5000,
+                                   description="To the applicant; required for information_requested and decided")
+    outcome: Outcome | None = PydField(default=None, description="Required for decided, refused otherwise")
+    problems: list[Problem] = PydField(default_factory=list, max_length=100,
+                                       description="Why the case is rejected; required for rejected")
+
+    @model_validator(mode="after")
+    def _complete(self) -> StatusReport:
+        status = CaseStatus(self.status)
+        if status in (CaseStatus.INFORMATION_REQUESTED, CaseStatus.DECIDED) and self.message is None:
+            raise ValueError(f"status {status.value} needs a message to the applicant")
+        if status == CaseStatus.DECIDED and self.outcome is None:
+            raise ValueError("status decided needs an outcome")
+        if status != CaseStatus.DECIDED and self.outcome is not None:
+            raise ValueError("an outcome goes only with status decided")
+        if status == CaseStatus.REJECTED and not self.problems:
+            raise ValueError("status rejected needs at least one problem")
+        if status != CaseStatus.REJECTED and self.problems:
+            raise ValueError("problems go only with status rejected")
+        return self
+
+
+class StatusAccepted(BaseModel):
+    """The answer of ``POST /v1/cases/{case_id}/status``: the change was published on ``ozg.cases.status``."""
+
+    case_id: UUID
+    status: CaseStatus
+    previous_status: CaseStatus
+    event_id: str
+    changed_at: datetime
+
+
+class DestinationCase(BaseModel):
+    """A case of a destination as the pull API lists it: metadata only (the case itself is on its topic)."""
+
+    case_id: UUID
+    reference: str
+    leika_key: str
+    status: CaseStatus
+    updated_at: datetime
+
+
+class DestinationCaseList(BaseModel):
+    """``GET /v1/destinations/{destination_id}/cases``: one page, oldest change first."""
+
+    cases: list[DestinationCase]
+    next_offset: int | None = PydField(description="offset of the next page; null on the last page")

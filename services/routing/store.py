@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from uuid import UUID
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, update
 from sqlmodel import Session, col, select
 
 from services.routing.directory import Directory, Gemeinde, Kreis, Land, Verband
@@ -21,6 +21,7 @@ from services.routing.models import (
     DirVerband,
     RoutedCase,
 )
+from shared.events import CaseStatus
 from shared.idempotency import ProcessedEvent, first_delivery
 
 
@@ -28,6 +29,7 @@ class RoutingStore:
     """Destinations and routing decisions."""
 
     CONSUMER = "routing.dispatch"
+    STATUS_CONSUMER = "routing.status"
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -152,3 +154,41 @@ class RoutingStore:
         """Routing's record of a case."""
         with Session(self.engine) as session:
             return session.get(RoutedCase, case_id)
+
+    def transition(
+        self, case_id: UUID, expected: CaseStatus, new: CaseStatus, at: datetime,
+        destination_id: UUID | None = None,
+    ) -> bool:
+        """Compare-and-set the status of a case: only when it still is ``expected`` (and, given a destination,
+        still dispatched to it). Of two concurrent changes of one case exactly one wins; False for the loser."""
+        statement = update(RoutedCase).where(
+            col(RoutedCase.case_id) == case_id, col(RoutedCase.status) == str(expected),
+        ).values(status=str(new), updated_at=at)
+        if destination_id is not None:
+            statement = statement.where(col(RoutedCase.destination_id) == destination_id)
+        with self.engine.begin() as connection:
+            return connection.execute(statement).rowcount == 1
+
+    def status_processed(self, event_id: str) -> bool:
+        """Whether the status consumer has taken this event into effect before."""
+        with Session(self.engine) as session:
+            return session.get(ProcessedEvent, (self.STATUS_CONSUMER, event_id)) is not None
+
+    def mark_status_processed(self, event_id: str) -> None:
+        """Record that the status consumer is done with an event (idempotent)."""
+        with Session(self.engine) as session:
+            if first_delivery(session, self.STATUS_CONSUMER, event_id):
+                session.commit()
+
+    def destination_cases(
+        self, destination_id: UUID, *, status: CaseStatus | None, since: datetime | None, limit: int, offset: int,
+    ) -> list[RoutedCase]:
+        """The cases dispatched to a destination, least recently changed first."""
+        with Session(self.engine) as session:
+            query = select(RoutedCase).where(col(RoutedCase.destination_id) == destination_id)
+            if status is not None:
+                query = query.where(col(RoutedCase.status) == str(status))
+            if since is not None:
+                query = query.where(col(RoutedCase.updated_at) > since)
+            query = query.order_by(col(RoutedCase.updated_at), col(RoutedCase.case_id))
+            return list(session.exec(query.offset(offset).limit(limit)).all())

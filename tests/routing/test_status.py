@@ -1,0 +1,314 @@
+"""The status loop against the real broker: back-office reports, the status model, isolation, withdrawal, pull."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.routing.app import build
+from services.routing.lifecycle import TRANSITIONS, allowed_next
+from services.routing.models import RoutedCase
+from services.routing.settings import Settings
+from services.routing.store import RoutingStore
+from shared import events, topics
+from shared.envelope import build_event, parse_event
+from shared.events import CaseStatus, CaseStatusChanged, ClientKind
+from shared.runtime import Service
+from shared.settings import KafkaSettings
+from tests.factories import WOHNSITZ, submitted
+from tests.support import consume, issue_key, produce, running, wait_until
+
+STADT_KELHEIM = uuid.UUID("1d37b5d9-077a-5b24-93ed-099f1d564f34")
+S = CaseStatus
+
+
+def settings_for(database_url: str, kafka: KafkaSettings, **overrides: Any) -> Settings:
+    return Settings(database_url=database_url, kafka=kafka, **overrides)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, kafka_settings: KafkaSettings) -> Settings:
+    return settings_for(f"sqlite:///{tmp_path / 'routing.db'}", kafka_settings)
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def body_for(status: CaseStatus) -> dict[str, Any]:
+    """A complete report of ``status``."""
+    body: dict[str, Any] = {"status": status.value}
+    if status in (S.INFORMATION_REQUESTED, S.DECIDED):
+        body["message"] = f"Nachricht zu {status.value}"
+    if status == S.DECIDED:
+        body["outcome"] = "approved"
+    if status == S.REJECTED:
+        body["problems"] = [{"type": "urn:example:unreadable", "title": "Anlage nicht lesbar"}]
+    return body
+
+
+def add_case(service: Service, destination_id: uuid.UUID, status: CaseStatus = S.ROUTED) -> uuid.UUID:
+    """A case routing dispatched to ``destination_id``, now in ``status``."""
+    case_id = uuid.uuid4()
+    RoutingStore(service.engine).record(str(uuid.uuid4()), RoutedCase(
+        case_id=case_id, reference=f"OZG-2026-{case_id.hex[:4].upper()}-TEST", leika_key=WOHNSITZ, status=status,
+        destination_id=destination_id, authority_ars="092730137137", rule="test"))
+    return case_id
+
+
+async def destination_key(kafka: KafkaSettings, service: Service, destination_id: uuid.UUID) -> str:
+    _, key = await issue_key(kafka, ClientKind.DESTINATION, service=service, destination_id=destination_id)
+    return key
+
+
+def status_of(service: Service, case_id: uuid.UUID) -> CaseStatus | None:
+    case = RoutingStore(service.engine).case(case_id)
+    return case.status if case is not None else None
+
+
+def changes(records: list[Any]) -> list[CaseStatusChanged]:
+    return [parse_event(r.headers, r.value, r.key).data_as(CaseStatusChanged) for r in records]
+
+
+async def test_every_allowed_transition_is_published(settings: Settings, kafka_settings: KafkaSettings) -> None:
+    service, app = build(settings)
+    async with running(service, app) as client:
+        destination = uuid.uuid4()
+        key = await destination_key(kafka_settings, service, destination)
+        expected: dict[bytes, tuple[CaseStatus, CaseStatus]] = {}
+        for current, targets in TRANSITIONS.items():
+            for new in targets:
+                case_id = add_case(service, destination, current)
+                answer = await client.post(f"/v1/cases/{case_id}/status", json=body_for(new), headers=bearer(key))
+                assert answer.status_code == 202, answer.text
+                assert answer.json()["previous_status"] == current.value
+                assert status_of(service, case_id) == new
+                expected[str(case_id).encode()] = (current, new)
+        records = await consume(kafka_settings, topics.CASE_STATUS, len(expected),
+                                predicate=lambda r: r.key in expected)
+        for record, change in zip(records, changes(records), strict=True):
+            assert record.key is not None
+            assert (change.previous_status, change.status) == expected[record.key]
+            assert change.destination_id == destination
+            assert change.leika_key == WOHNSITZ
+            if change.status == S.DECIDED:
+                assert change.outcome == events.Outcome.APPROVED
+                assert change.message
+            if change.status == S.REJECTED:
+                assert change.problems[0].title == "Anlage nicht lesbar"
+
+
+async def test_forbidden_transitions_and_incomplete_reports(settings: Settings, kafka_settings: KafkaSettings) -> None:
+    service, app = build(settings)
+    async with running(service, app) as client:
+        destination = uuid.uuid4()
+        key = await destination_key(kafka_settings, service, destination)
+        forbidden = [(S.ROUTED, S.IN_PROGRESS), (S.ROUTED, S.DECIDED), (S.RECEIVED, S.DECIDED),
+                     (S.RECEIVED, S.CLOSED), (S.IN_PROGRESS, S.RECEIVED), (S.INFORMATION_REQUESTED, S.DECIDED),
+                     (S.DECIDED, S.IN_PROGRESS), (S.CLOSED, S.IN_PROGRESS), (S.REJECTED, S.RECEIVED),
+                     (S.WITHDRAWN, S.RECEIVED), (S.UNROUTABLE, S.RECEIVED), (S.RECEIVED, S.RECEIVED)]
+        for current, new in forbidden:
+            case_id = add_case(service, destination, current)
+            answer = await client.post(f"/v1/cases/{case_id}/status", json=body_for(new), headers=bearer(key))
+            assert answer.status_code == 409, (current, new, answer.text)
+            problem = answer.json()
+            assert answer.headers["content-type"].startswith("application/problem+json")
+            assert problem["allowed"] == [s.value for s in allowed_next(current)]
+            assert problem["current_status"] == current.value
+            assert status_of(service, case_id) == current
+        assert allowed_next(S.CLOSED) == []
+        assert allowed_next(S.ROUTED) == [S.RECEIVED, S.REJECTED]
+
+        case_id = add_case(service, destination, S.IN_PROGRESS)
+        url = f"/v1/cases/{case_id}/status"
+        incomplete = [{"status": "information_requested"}, {"status": "decided", "message": "Bescheid"},
+                      {"status": "decided", "outcome": "denied"}, {"status": "rejected"},
+                      {"status": "withdrawn"}, {"status": "routed"},
+                      {"status": "in_progress", "outcome": "approved"},
+                      {"status": "information_requested", "message": "x" * 5001}]
+        for body in incomplete:
+            answer = await client.post(url, json=body, headers=bearer(key))
+            assert answer.status_code == 422, (body, answer.text)
+            assert answer.json()["errors"]
+        assert status_of(service, case_id) == S.IN_PROGRESS
+
+
+async def test_of_two_concurrent_reports_one_wins(database_url: str, kafka_settings: KafkaSettings) -> None:
+    service, app = build(settings_for(database_url, kafka_settings))
+    async with running(service, app) as client:
+        destination = uuid.uuid4()
+        key = await destination_key(kafka_settings, service, destination)
+        for _ in range(3):
+            case_id = add_case(service, destination)
+            url = f"/v1/cases/{case_id}/status"
+            answers = await asyncio.gather(
+                client.post(url, json=body_for(S.RECEIVED), headers=bearer(key)),
+                client.post(url, json=body_for(S.REJECTED), headers=bearer(key)),
+            )
+            codes = sorted(a.status_code for a in answers)
+            assert codes == [202, 409], [a.text for a in answers]
+            winner = next(a for a in answers if a.status_code == 202).json()["status"]
+            assert status_of(service, case_id) == CaseStatus(winner)
+            published = await consume(kafka_settings, topics.CASE_STATUS, 1,
+                                      predicate=lambda r, c=case_id: r.key == str(c).encode())
+            assert changes(published)[0].status == CaseStatus(winner)
+
+
+async def test_destinations_see_and_change_only_their_own_cases(
+    settings: Settings, kafka_settings: KafkaSettings
+) -> None:
+    service, app = build(settings)
+    async with running(service, app) as client:
+        a, b = uuid.uuid4(), uuid.uuid4()
+        key_a = await destination_key(kafka_settings, service, a)
+        key_b = await destination_key(kafka_settings, service, b)
+        _, operator = await issue_key(kafka_settings, ClientKind.OPERATOR, service=service)
+        case_b = add_case(service, b)
+        url = f"/v1/cases/{case_b}/status"
+
+        not_yours = await client.post(url, json=body_for(S.RECEIVED), headers=bearer(key_a))
+        assert not_yours.status_code == 404
+        assert not_yours.json()["type"] == "urn:ozg:problem:unknown-case"
+        unknown = await client.post(f"/v1/cases/{uuid.uuid4()}/status", json=body_for(S.RECEIVED),
+                                    headers=bearer(key_a))
+        assert unknown.status_code == 404
+        assert (await client.post(url, json=body_for(S.RECEIVED))).status_code == 401
+        assert (await client.post(url, json=body_for(S.RECEIVED), headers=bearer(operator))).status_code == 403
+        assert status_of(service, case_b) == S.ROUTED
+
+        assert (await client.get(f"/v1/destinations/{b}/cases", headers=bearer(key_a))).status_code == 404
+        own = await client.get(f"/v1/destinations/{a}/cases", headers=bearer(key_a))
+        assert own.status_code == 200
+        assert own.json()["cases"] == []
+        assert (await client.get(f"/v1/destinations/{b}/cases", headers=bearer(operator))).status_code == 403
+
+        assert (await client.post(url, json=body_for(S.RECEIVED), headers=bearer(key_b))).status_code == 202
+        listed = (await client.get(f"/v1/destinations/{b}/cases", headers=bearer(key_b))).json()["cases"]
+        assert [c["case_id"] for c in listed] == [str(case_b)]
+        assert listed[0]["status"] == "received"
+
+
+async def test_pull_api_pages_and_filters(settings: Settings, kafka_settings: KafkaSettings) -> None:
+    service, app = build(settings)
+    async with running(service, app) as client:
+        destination = uuid.uuid4()
+        key = await destination_key(kafka_settings, service, destination)
+        created = [add_case(service, destination) for _ in range(5)]
+        add_case(service, uuid.uuid4())  # someone else's
+        url = f"/v1/destinations/{destination}/cases"
+
+        seen: list[str] = []
+        offset: int | None = 0
+        pages = 0
+        while offset is not None:
+            page = await client.get(url, params={"limit": 2, "offset": offset}, headers=bearer(key))
+            assert page.status_code == 200, page.text
+            body = page.json()
+            assert len(body["cases"]) <= 2
+            seen += [c["case_id"] for c in body["cases"]]
+            offset = body["next_offset"]
+            pages += 1
+        assert pages == 3
+        assert sorted(seen) == sorted(str(c) for c in created)
+        first = (await client.get(url, headers=bearer(key))).json()["cases"][0]
+        assert set(first) == {"case_id", "reference", "leika_key", "status", "updated_at"}
+
+        before = datetime.now(UTC)
+        changed = created[2]
+        assert (await client.post(f"/v1/cases/{changed}/status", json=body_for(S.RECEIVED),
+                                  headers=bearer(key))).status_code == 202
+        received = (await client.get(url, params={"status": "received"}, headers=bearer(key))).json()["cases"]
+        assert [c["case_id"] for c in received] == [str(changed)]
+        recent = (await client.get(url, params={"since": before.isoformat()}, headers=bearer(key))).json()["cases"]
+        assert [c["case_id"] for c in recent] == [str(changed)]
+        routed = (await client.get(url, params={"status": "routed"}, headers=bearer(key))).json()["cases"]
+        assert len(routed) == 4
+        assert (await client.get(url, params={"limit": 0}, headers=bearer(key))).status_code == 422
+        assert (await client.get(url, params={"status": "nonsense"}, headers=bearer(key))).status_code == 422
+
+
+async def test_the_full_loop(settings: Settings, kafka_settings: KafkaSettings) -> None:
+    service, app = build(settings.model_copy(update={"demo_destinations": True}))
+    async with running(service, app) as client:
+        key = await destination_key(kafka_settings, service, STADT_KELHEIM)
+        application = submitted(WOHNSITZ, {"postal_code": "93309", "place": "Kelheim"})
+        event = build_event(event_type=events.SUBMITTED_V1, source="/test", subject=str(application.case_id),
+                            data=application)
+        await produce(kafka_settings, topics.SUBMITTED, event.value, event.headers, event.key)
+        case_id = application.case_id
+        await wait_until(lambda: status_of(service, case_id) == S.ROUTED)
+        dispatched = await consume(kafka_settings, topics.destination_topic(STADT_KELHEIM), 1,
+                                   predicate=lambda r: r.key == str(case_id).encode())
+        assert parse_event(dispatched[0].headers, dispatched[0].value).type == events.DISPATCHED_V1
+
+        walk = [S.RECEIVED, S.IN_PROGRESS, S.INFORMATION_REQUESTED, S.IN_PROGRESS, S.DECIDED, S.CLOSED]
+        for new in walk:
+            answer = await client.post(f"/v1/cases/{case_id}/status", json=body_for(new), headers=bearer(key))
+            assert answer.status_code == 202, answer.text
+        listed = (await client.get(f"/v1/destinations/{STADT_KELHEIM}/cases", params={"status": "closed"},
+                                   headers=bearer(key))).json()["cases"]
+        assert str(case_id) in [c["case_id"] for c in listed]
+
+        records = await consume(kafka_settings, topics.CASE_STATUS, len(walk),
+                                predicate=lambda r: r.key == str(case_id).encode())
+        seen = changes(records)
+        assert [c.status for c in seen] == walk
+        assert [c.previous_status for c in seen] == [S.ROUTED, *walk[:-1]]
+        assert all(c.reference == application.reference for c in seen)
+        for record in records:
+            headers = dict(record.headers)
+            assert headers["ce_type"] == events.STATUS_CHANGED_V1.encode()
+            assert headers["ce_source"] == b"/ozg/routing"
+            assert headers["ce_subject"] == str(case_id).encode()
+        assert "Erika" not in b"".join(r.value for r in records).decode()
+
+
+def withdrawal(case_id: uuid.UUID, previous: CaseStatus) -> tuple[str, Any]:
+    data = CaseStatusChanged(case_id=case_id, reference="OZG-2026-TEST-WDRN", status=S.WITHDRAWN,
+                             previous_status=previous, changed_at=datetime.now(UTC))
+    event = build_event(event_type=events.STATUS_CHANGED_V1, source="/ozg/intake", subject=str(case_id),
+                        data=data)
+    return event.event_id, event
+
+
+async def test_withdrawal_is_applied_and_forwarded_to_the_destination(
+    settings: Settings, kafka_settings: KafkaSettings
+) -> None:
+    service, app = build(settings)
+    async with running(service, app) as client:
+        destination = uuid.uuid4()
+        key = await destination_key(kafka_settings, service, destination)
+        store = RoutingStore(service.engine)
+        case_id = add_case(service, destination, S.IN_PROGRESS)
+        event_id, event = withdrawal(case_id, S.IN_PROGRESS)
+        await produce(kafka_settings, topics.CASE_STATUS, event.value, event.headers, event.key)
+        await produce(kafka_settings, topics.CASE_STATUS, event.value, event.headers, event.key)  # redelivered
+        await wait_until(lambda: store.status_processed(event_id))
+        assert status_of(service, case_id) == S.WITHDRAWN
+
+        forwarded = await consume(kafka_settings, topics.destination_topic(destination), 1,
+                                  predicate=lambda r: r.key == str(case_id).encode())
+        envelope = parse_event(forwarded[0].headers, forwarded[0].value)
+        assert envelope.type == events.STATUS_CHANGED_V1
+        assert envelope.id != event_id
+        change = envelope.data_as(CaseStatusChanged)
+        assert change.status == S.WITHDRAWN
+        assert change.destination_id == destination
+        assert change.previous_status == S.IN_PROGRESS
+
+        # The destination can no longer move it.
+        moved = await client.post(f"/v1/cases/{case_id}/status", json=body_for(S.DECIDED), headers=bearer(key))
+        assert moved.status_code == 409
+        assert moved.json()["allowed"] == []
+
+        # After a decision a withdrawal is too late and changes nothing.
+        decided = add_case(service, destination, S.DECIDED)
+        late_id, late = withdrawal(decided, S.DECIDED)
+        await produce(kafka_settings, topics.CASE_STATUS, late.value, late.headers, late.key)
+        await wait_until(lambda: store.status_processed(late_id))
+        assert status_of(service, decided) == S.DECIDED
