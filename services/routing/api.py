@@ -204,7 +204,7 @@ def create_operator_router(service: Service, state: RoutingState) -> APIRouter:
         except Exception as exc:
             raise ProblemException(503, "The broker is not reachable; the case stays in clearing.",
                                    kind="unavailable", headers={"Retry-After": "5"}) from exc
-        await anyio.to_thread.run_sync(store.resolve_clearing, outcome.case)
+        await anyio.to_thread.run_sync(store.resolve_clearing, outcome.case, outcome.webhook)
         return ManualRoutingDone(case_id=case_id, status=CaseStatus.ROUTED, destination_id=destination.destination_id,
                                  authority=authority, rule=MANUAL_RULE)
 

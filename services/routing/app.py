@@ -7,7 +7,7 @@ from pathlib import Path
 import anyio.to_thread
 from fastapi import FastAPI
 
-from services.routing import api, handlers, status
+from services.routing import api, handlers, status, webhooks
 from services.routing.directory import Directory
 from services.routing.registry import RoutingState
 from services.routing.settings import Settings
@@ -35,8 +35,14 @@ def build(settings: Settings | None = None) -> tuple[Service, FastAPI]:
     async def poll_for_changes() -> None:
         await state.poll(settings.poll_interval_s)
 
+    sender = webhooks.WebhookSender(service.engine, settings, webhooks.deliveries_counter(service.registry))
+
+    async def deliver_webhooks() -> None:
+        await sender.run()
+
     service.on_start.append(load)
     service.background.append(poll_for_changes)
+    service.background.append(deliver_webhooks)
     app = service.create_app(
         title="OZG routing",
         description="Finds the competent authority for a service and a place and dispatches cases to it.",

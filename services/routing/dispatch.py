@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 from services.routing.competence import CompetenceRules, NoCompetenceRule
 from services.routing.directory import AmbiguousPostalCode, Directory, Gemeinde, Kreis, Land, UnknownRegion, Verband
-from services.routing.models import ClearingCase, Destination, RoutedCase
+from services.routing.models import ClearingCase, Destination, RoutedCase, WebhookDelivery
+from services.routing.webhooks import delivery_for
 from shared import events, topics
 from shared.envelope import OutgoingEvent, build_event, derived_event_id
 from shared.events import (
@@ -36,6 +37,8 @@ class Outcome:
     case: RoutedCase
     # An unroutable case waits in clearing with its application (personal data, kept for routing's own use).
     clearing: ClearingCase | None = None
+    # The push of the dispatched event to the destination's webhook, when it has one (persisted with the decision).
+    webhook: WebhookDelivery | None = None
 
 
 def _region(gemeinde_ars: str, gemeinde_ags: str, name: str) -> ResolvedRegion:
@@ -120,14 +123,16 @@ def routed_outcome(
         return build_event(event_type=event_type, source=SOURCE, subject=subject, data=data,
                            event_id=derived_event_id(cause_id, event_type, discriminator))
 
+    dispatched_event = event(events.DISPATCHED_V1, dispatched)
     publish = [
         (topics.ROUTED, event(events.ROUTED_V1, routed)),
-        (topics.destination_topic(destination.destination_id), event(events.DISPATCHED_V1, dispatched)),
+        (topics.destination_topic(destination.destination_id), dispatched_event),
     ]
     case = RoutedCase(case_id=application.case_id, reference=application.reference,
                       leika_key=application.leika_key, status=CaseStatus.ROUTED,
                       destination_id=destination.destination_id, authority_ars=authority.ars, rule=rule)
-    return Outcome(publish, case)
+    webhook = delivery_for(destination, dispatched_event, application.case_id) if destination.webhook_url else None
+    return Outcome(publish, case, webhook=webhook)
 
 
 def authority_for(directory: Directory, ars: str, fallback_name: str) -> Authority:

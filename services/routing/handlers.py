@@ -82,7 +82,7 @@ def register(service: Service, state: RoutingState, settings: Settings) -> None:
             # which every consumer drops as duplicates.
             await publish_all(broker, [item for _, outcome in outcomes for item in outcome.publish])
             await anyio.to_thread.run_sync(
-                state.store.record_many, [(event_id, o.case, o.clearing) for event_id, o in outcomes])
+                state.store.record_many, [(event_id, o.case, o.clearing, o.webhook) for event_id, o in outcomes])
         except Exception as exc:
             # The batch is redelivered (NACK seeks back); back off so a broker or database outage is no busy loop.
             failures += 1

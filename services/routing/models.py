@@ -366,3 +366,39 @@ class DestinationCaseList(BaseModel):
 
     cases: list[DestinationCase]
     next_offset: int | None = PydField(description="offset of the next page; null on the last page")
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """One event to push to a destination's webhook, with its persisted retry schedule.
+
+    ``body`` holds the dispatched event (personal data) only until the delivery is settled; it is cleared then.
+    """
+
+    __tablename__ = "webhook_deliveries"
+
+    delivery_id: UUID = Field(primary_key=True)
+    event_id: str = Field(max_length=200)
+    destination_id: UUID = Field(index=True)
+    case_id: UUID
+    headers: dict[str, str] = Field(sa_column=Column(JSON, nullable=False))
+    body: str
+    status: str = Field(default="pending", max_length=16, index=True)  # pending | delivered | failed
+    attempts: int = 0
+    next_attempt_at: datetime = Field(default_factory=_now, index=True)
+    last_error: str | None = Field(default=None, max_length=500)
+    created_at: datetime = Field(default_factory=_now)
+    settled_at: datetime | None = None
+
+
+class WebhookAttempt(SQLModel, table=True):
+    """One HTTP attempt of a webhook delivery: when, and what came back."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: int | None = Field(default=None, primary_key=True)
+    delivery_id: UUID = Field(index=True)
+    attempt: int
+    attempted_at: datetime = Field(default_factory=_now)
+    status_code: int | None = None
+    error: str | None = Field(default=None, max_length=500)
+    outcome: str = Field(max_length=16)  # delivered | retry | failed

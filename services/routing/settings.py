@@ -32,3 +32,12 @@ class Settings(ServiceSettings):
     # Register the demo destinations (one back office per pilot authority) at start-up.
     demo_destinations: bool = False
     demo_destinations_file: Path = DATA / "demo_destinations.json"
+    # Webhook delivery: how often the schedule is checked, per-request timeout, back-off, and when to give up.
+    webhook_poll_interval_s: float = Field(default=1.0, gt=0)
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    webhook_backoff_base_s: float = Field(default=5.0, gt=0)
+    webhook_backoff_max_s: float = Field(default=3600.0, gt=0)
+    webhook_max_age_s: float = Field(default=24 * 3600.0, gt=0)
+    webhook_batch: int = Field(default=50, ge=1)
+    # Tests and local demos only: allow plain http to a loopback address.
+    webhook_allow_http_loopback: bool = False

@@ -20,6 +20,7 @@ from services.routing.models import (
     DirPostcode,
     DirVerband,
     RoutedCase,
+    WebhookDelivery,
 )
 from shared.events import CaseStatus
 from shared.idempotency import ProcessedEvent, first_delivery
@@ -119,15 +120,20 @@ class RoutingStore:
                 ProcessedEvent.consumer == self.CONSUMER, col(ProcessedEvent.event_id).in_(event_ids)))
             return set(rows.all())
 
-    def record_many(self, decisions: list[tuple[str, RoutedCase, ClearingCase | None]]) -> None:
-        """Record a batch of decisions, each with its event id and clearing case, in one transaction."""
+    def record_many(
+        self, decisions: list[tuple[str, RoutedCase, ClearingCase | None, WebhookDelivery | None]],
+    ) -> None:
+        """Record a batch of decisions, each with its event id, clearing case and webhook delivery, in one
+        transaction."""
         with Session(self.engine) as session:
-            for event_id, case, clearing in decisions:
+            for event_id, case, clearing, webhook in decisions:
                 if not first_delivery(session, self.CONSUMER, event_id):
                     continue
                 session.merge(case)
                 if clearing is not None:
                     session.merge(clearing)
+                if webhook is not None:
+                    session.merge(webhook)
             session.commit()
 
     def clearing_cases(self, limit: int, offset: int) -> list[ClearingCase]:
@@ -141,9 +147,11 @@ class RoutingStore:
         with Session(self.engine) as session:
             return session.get(ClearingCase, case_id)
 
-    def resolve_clearing(self, case: RoutedCase) -> None:
+    def resolve_clearing(self, case: RoutedCase, webhook: WebhookDelivery | None = None) -> None:
         """A case left clearing: record the decision and delete the kept application (its personal data)."""
         with Session(self.engine) as session:
+            if webhook is not None and session.get(WebhookDelivery, webhook.delivery_id) is None:
+                session.add(webhook)
             waiting = session.get(ClearingCase, case.case_id)
             if waiting is not None:
                 session.delete(waiting)

@@ -1,0 +1,213 @@
+"""Webhook delivery (SPEC §5): each event dispatched to a destination with a webhook is POSTed to it, signed.
+
+The body is the event's JSON data, its CloudEvents attributes travel as ``ce-*`` HTTP headers (the CloudEvents HTTP
+binary mode), ``X-OZG-Timestamp`` carries Unix seconds and ``X-OZG-Signature`` the hex HMAC-SHA512 of
+``timestamp + "." + body`` under the destination's secret.
+
+A delivery row is written in the same transaction as the routing decision, so the schedule survives restarts and
+crashes. A background job claims due deliveries by compare-and-set on their due time (a lease: a replica that dies
+mid-attempt leaves a delivery that becomes due again), attempts them, and records every attempt. Timeouts,
+connection errors and 5xx are retried with exponential back-off and jitter until ``webhook_max_age_s`` (24 h)
+after the dispatch; any other answer outside 2xx fails at once. A failed delivery is flagged (``status = failed``,
+counted, logged) for an operator; the event stays on the destination's Kafka topic either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import ipaddress
+import logging
+import random
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
+
+import anyio.to_thread
+import httpx
+from prometheus_client import CollectorRegistry, Counter
+from sqlalchemy import Engine, update
+from sqlmodel import Session, col, select
+
+from services.routing.models import Destination, WebhookAttempt, WebhookDelivery
+from services.routing.settings import Settings
+from shared.envelope import OutgoingEvent
+
+log = logging.getLogger(__name__)
+
+_NS = uuid.UUID("0b6f5d0e-6f61-4c1e-8d5e-5f0e1d7b2a90")
+PENDING, DELIVERED, FAILED, RETRY = "pending", "delivered", "failed", "retry"
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    """The hex HMAC-SHA512 of ``timestamp + "." + body``."""
+    return hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha512).hexdigest()
+
+
+def delivery_for(destination: Destination, event: OutgoingEvent, case_id: uuid.UUID) -> WebhookDelivery:
+    """The delivery of ``event`` to ``destination``'s webhook; its id is derived, so a repeat is the same row."""
+    headers = {name.replace("_", "-"): value for name, value in event.headers.items()
+               if name.startswith("ce_") or name in ("content-type", "traceparent")}
+    return WebhookDelivery(
+        delivery_id=uuid.uuid5(_NS, f"{event.event_id}|{destination.destination_id}"),
+        event_id=event.event_id, destination_id=destination.destination_id, case_id=case_id,
+        headers=headers, body=event.value.decode(),
+    )
+
+
+def backoff_s(attempt: int, base_s: float, cap_s: float) -> float:
+    """Exponential back-off with jitter ("equal jitter") for the ``attempt``-th retry (1-based): half the
+    exponential delay plus a random share of the other half, so replicas and destinations don't retry in step."""
+    delay: float = min(cap_s, base_s * 2.0 ** (attempt - 1))
+    return delay / 2 + random.uniform(0, delay / 2)
+
+
+def _loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What one HTTP attempt came to."""
+
+    outcome: str  # delivered | retry | failed
+    status_code: int | None = None
+    error: str | None = None
+
+
+class WebhookStore:
+    """The persisted schedule."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def due(self, now: datetime, limit: int) -> list[WebhookDelivery]:
+        with Session(self.engine) as session:
+            query = select(WebhookDelivery).where(
+                col(WebhookDelivery.status) == PENDING, col(WebhookDelivery.next_attempt_at) <= now,
+            ).order_by(col(WebhookDelivery.next_attempt_at)).limit(limit)
+            return list(session.exec(query).all())
+
+    def claim(self, delivery: WebhookDelivery, lease_until: datetime) -> bool:
+        """Take a due delivery for one attempt; of two replicas only one gets it."""
+        statement = update(WebhookDelivery).where(
+            col(WebhookDelivery.delivery_id) == delivery.delivery_id, col(WebhookDelivery.status) == PENDING,
+            col(WebhookDelivery.next_attempt_at) == delivery.next_attempt_at,
+        ).values(next_attempt_at=lease_until, attempts=delivery.attempts + 1)
+        with self.engine.begin() as connection:
+            return connection.execute(statement).rowcount == 1
+
+    def settle(self, delivery_id: uuid.UUID, attempt_no: int, result: Attempt, next_at: datetime | None) -> None:
+        """Record the attempt; schedule the next one, or settle the delivery (and drop its body)."""
+        now = datetime.now(UTC)
+        with Session(self.engine) as session:
+            session.add(WebhookAttempt(delivery_id=delivery_id, attempt=attempt_no, attempted_at=now,
+                                       status_code=result.status_code, error=result.error, outcome=result.outcome))
+            row = session.get(WebhookDelivery, delivery_id)
+            if row is not None:
+                row.last_error = result.error
+                if result.outcome == RETRY and next_at is not None:
+                    row.next_attempt_at = next_at
+                else:
+                    row.status = DELIVERED if result.outcome == DELIVERED else FAILED
+                    row.settled_at = now
+                    row.body = ""  # personal data: kept only while it may still be delivered
+                session.add(row)
+            session.commit()
+
+    def attempts(self, delivery_id: uuid.UUID) -> list[WebhookAttempt]:
+        with Session(self.engine) as session:
+            query = select(WebhookAttempt).where(col(WebhookAttempt.delivery_id) == delivery_id)
+            return list(session.exec(query.order_by(col(WebhookAttempt.attempt))).all())
+
+    def delivery(self, delivery_id: uuid.UUID) -> WebhookDelivery | None:
+        with Session(self.engine) as session:
+            return session.get(WebhookDelivery, delivery_id)
+
+
+class WebhookSender:
+    """The background job that works through the schedule."""
+
+    def __init__(self, engine: Engine, settings: Settings, deliveries: Counter) -> None:
+        self.store = WebhookStore(engine)
+        self.engine = engine
+        self.settings = settings
+        self.deliveries = deliveries
+
+    async def run(self) -> None:
+        async with httpx.AsyncClient(timeout=self.settings.webhook_timeout_s, follow_redirects=False) as client:
+            while True:
+                try:
+                    await self.work_once(client)
+                except Exception as exc:  # noqa: BLE001 - a database hiccup must not end the job
+                    log.warning("webhook round failed", extra={"error": type(exc).__name__})
+                await asyncio.sleep(self.settings.webhook_poll_interval_s)
+
+    async def work_once(self, client: httpx.AsyncClient) -> int:
+        """Attempt every due delivery once; returns how many were attempted."""
+        now = datetime.now(UTC)
+        due = await anyio.to_thread.run_sync(self.store.due, now, self.settings.webhook_batch)
+        lease = now + timedelta(seconds=self.settings.webhook_timeout_s + 30)
+        claimed = [d for d in due if await anyio.to_thread.run_sync(self.store.claim, d, lease)]
+        await asyncio.gather(*(self._attempt(client, d) for d in claimed))
+        return len(claimed)
+
+    async def _attempt(self, client: httpx.AsyncClient, delivery: WebhookDelivery) -> None:
+        attempt_no = delivery.attempts + 1
+        destination = await anyio.to_thread.run_sync(self._destination, delivery.destination_id)
+        if destination is None or not destination.webhook_url or not destination.webhook_secret:
+            result = Attempt(FAILED, error="the destination has no webhook any more")
+        elif urlsplit(destination.webhook_url).scheme != "https" and not (
+                self.settings.webhook_allow_http_loopback and _loopback(destination.webhook_url)):
+            result = Attempt(FAILED, error="the webhook URL is not https")
+        else:
+            result = await self._post(client, destination.webhook_url, destination.webhook_secret, delivery)
+        next_at = None
+        if result.outcome == RETRY:
+            next_at = datetime.now(UTC) + timedelta(seconds=backoff_s(
+                attempt_no, self.settings.webhook_backoff_base_s, self.settings.webhook_backoff_max_s))
+            if next_at > delivery.created_at + timedelta(seconds=self.settings.webhook_max_age_s):
+                result = Attempt(FAILED, result.status_code, f"gave up after {attempt_no} attempts: {result.error}")
+        await anyio.to_thread.run_sync(self.store.settle, delivery.delivery_id, attempt_no, result, next_at)
+        self.deliveries.labels(result.outcome).inc()
+        if result.outcome == FAILED:
+            log.error("webhook delivery failed; flagged for clearing",
+                      extra={"case_id": str(delivery.case_id), "destination_id": str(delivery.destination_id),
+                             "attempts": attempt_no, "error": result.error})
+
+    def _destination(self, destination_id: uuid.UUID) -> Destination | None:
+        with Session(self.engine) as session:
+            return session.get(Destination, destination_id)
+
+    @staticmethod
+    async def _post(client: httpx.AsyncClient, url: str, secret: str, delivery: WebhookDelivery) -> Attempt:
+        body = delivery.body.encode()
+        timestamp = str(int(time.time()))
+        headers = {**delivery.headers, "content-type": "application/json", "X-OZG-Timestamp": timestamp,
+                   "X-OZG-Signature": sign(secret, timestamp, body)}
+        try:
+            answer = await client.post(url, content=body, headers=headers)
+        except httpx.TimeoutException:
+            return Attempt(RETRY, error="timeout")
+        except httpx.TransportError as exc:
+            return Attempt(RETRY, error=f"connection error: {type(exc).__name__}")
+        if 200 <= answer.status_code < 300:
+            return Attempt(DELIVERED, answer.status_code)
+        if answer.status_code >= 500:
+            return Attempt(RETRY, answer.status_code, f"HTTP {answer.status_code}")
+        return Attempt(FAILED, answer.status_code, f"HTTP {answer.status_code}")
+
+
+def deliveries_counter(registry: CollectorRegistry) -> Counter:
+    """``ozg_webhook_deliveries_total{outcome}``: every attempt by what it came to."""
+    return Counter("ozg_webhook_deliveries", "Webhook delivery attempts by outcome (delivered, retry, failed)",
+                   ["outcome"], registry=registry)

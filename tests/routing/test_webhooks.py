@@ -1,0 +1,207 @@
+"""Webhook delivery against a real HTTP server as the back office, and the real broker."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import http.server
+import json
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import update
+from sqlmodel import Session, col, select
+
+from services.routing.app import build
+from services.routing.models import Destination, WebhookDelivery
+from services.routing.settings import Settings
+from services.routing.store import RoutingStore
+from services.routing.webhooks import WebhookStore, sign
+from shared import events, topics
+from shared.envelope import build_event
+from shared.runtime import Service
+from shared.settings import KafkaSettings
+from tests.factories import WOHNSITZ, submitted
+from tests.support import produce, running, wait_until
+
+SECRET = "a-long-webhook-secret-for-tests"
+
+
+def verify(secret: str, timestamp: str, body: bytes, signature: str, now: float | None = None) -> bool:
+    """The receiver's check as the README documents it: fresh timestamp (5 minutes), constant-time compare."""
+    now = time.time() if now is None else now
+    if not timestamp.isdigit() or abs(now - int(timestamp)) > 300:
+        return False
+    expected = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha512).hexdigest()
+    return hmac.compare_digest(expected, signature)
+
+
+class BackOffice:
+    """A threaded HTTP server answering from a script of (status, delay) and recording every request."""
+
+    def __init__(self, script: list[tuple[int, float]]) -> None:
+        self.script = list(script)
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        office = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                office.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                status, delay = office.script.pop(0) if office.script else (200, 0.0)
+                time.sleep(delay)
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/ozg"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> BackOffice:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, kafka_settings: KafkaSettings) -> Settings:
+    return Settings(database_url=f"sqlite:///{tmp_path / 'routing.db'}", kafka=kafka_settings, poll_interval_s=0.1,
+                    webhook_allow_http_loopback=True, webhook_poll_interval_s=0.05, webhook_backoff_base_s=0.05,
+                    webhook_timeout_s=1.0)
+
+
+@pytest.fixture
+def destination_id() -> uuid.UUID:
+    return uuid.uuid4()
+
+
+def register(service: Service, destination_id: uuid.UUID, url: str) -> None:
+    """Register a back office for Stadt Kelheim's Wohnsitz cases (directly: the API accepts https only)."""
+    RoutingStore(service.engine).upsert_destination(Destination(
+        destination_id=destination_id, name="Stadt Kelheim, Bürgerbüro (Test)", authority_ars="092730137137",
+        leika_keys=[WOHNSITZ], webhook_url=url, webhook_secret=SECRET))
+
+
+async def submit(kafka: KafkaSettings) -> uuid.UUID:
+    application = submitted(WOHNSITZ, {"postal_code": "93309", "place": "Kelheim"})
+    event = build_event(event_type=events.SUBMITTED_V1, source="/test", subject=str(application.case_id),
+                        data=application)
+    await produce(kafka, topics.SUBMITTED, event.value, event.headers, event.key)
+    return application.case_id
+
+
+async def knows(client: httpx.AsyncClient, destination_id: uuid.UUID) -> bool:
+    """Whether routing's in-memory index has picked up the destination (it polls the database)."""
+    answer = await client.get("/v1/routes", params={"leika_key": WOHNSITZ, "ags": "09273137"})
+    return str(destination_id) in answer.text
+
+
+def delivery_of(service: Service, case_id: uuid.UUID) -> WebhookDelivery | None:
+    with Session(service.engine) as session:
+        return session.exec(select(WebhookDelivery).where(col(WebhookDelivery.case_id) == case_id)).first()
+
+
+def settled(service: Service, case_id: uuid.UUID) -> WebhookDelivery | None:
+    delivery = delivery_of(service, case_id)
+    return delivery if delivery is not None and delivery.status != "pending" else None
+
+
+async def test_a_500_is_retried_and_the_event_delivered_once_signed(
+    settings: Settings, kafka_settings: KafkaSettings, destination_id: uuid.UUID
+) -> None:
+    with BackOffice([(500, 0.0), (200, 0.0)]) as office:
+        service, app = build(settings)
+        async with running(service, app) as client:
+            register(service, destination_id, office.url)
+            await wait_until(lambda: knows(client, destination_id))
+            case_id = await submit(kafka_settings)
+            delivery = await wait_until(lambda: settled(service, case_id))
+            assert delivery.status == "delivered"
+            assert delivery.body == ""  # personal data dropped once delivered
+            attempts = WebhookStore(service.engine).attempts(delivery.delivery_id)
+            assert [(a.outcome, a.status_code) for a in attempts] == [("retry", 500), ("delivered", 200)]
+            metrics = (await client.get("/metrics")).text
+            assert 'ozg_webhook_deliveries_total{outcome="delivered"} 1.0' in metrics
+            assert 'ozg_webhook_deliveries_total{outcome="retry"} 1.0' in metrics
+
+        assert len(office.requests) == 2
+        for headers, body in office.requests:
+            assert verify(SECRET, headers["x-ozg-timestamp"], body, headers["x-ozg-signature"])
+            assert headers["x-ozg-signature"] == sign(SECRET, headers["x-ozg-timestamp"], body)
+            assert headers["ce-type"] == events.DISPATCHED_V1
+            assert headers["ce-subject"] == str(case_id)
+            assert headers["ce-specversion"] == "1.0"
+            assert headers["content-type"] == "application/json"
+            data = json.loads(body)
+            assert data["case_id"] == str(case_id)
+            assert data["destination_id"] == str(destination_id)
+        assert office.requests[0][0]["ce-id"] == office.requests[1][0]["ce-id"] == delivery.event_id
+        # A tampered body or a stale timestamp fails the documented verification.
+        headers, body = office.requests[0]
+        assert not verify(SECRET, headers["x-ozg-timestamp"], body + b" ", headers["x-ozg-signature"])
+        stale = str(int(time.time()) - 301)
+        assert not verify(SECRET, stale, body, sign(SECRET, stale, body))
+
+
+async def test_other_4xx_answers_are_not_retried(
+    settings: Settings, kafka_settings: KafkaSettings, destination_id: uuid.UUID
+) -> None:
+    with BackOffice([(400, 0.0)]) as office:
+        service, app = build(settings)
+        async with running(service, app) as client:
+            register(service, destination_id, office.url)
+            await wait_until(lambda: knows(client, destination_id))
+            case_id = await submit(kafka_settings)
+            delivery = await wait_until(lambda: settled(service, case_id))
+            assert delivery.status == "failed"
+            attempts = WebhookStore(service.engine).attempts(delivery.delivery_id)
+            assert [(a.outcome, a.status_code) for a in attempts] == [("failed", 400)]
+        assert len(office.requests) == 1
+
+
+async def test_a_timeout_is_retried_after_a_restart_of_routing(
+    settings: Settings, kafka_settings: KafkaSettings, destination_id: uuid.UUID
+) -> None:
+    # The first answer comes after the client's timeout; routing stops before the next attempt is due.
+    slow = settings.model_copy(update={"webhook_timeout_s": 0.3, "webhook_backoff_base_s": 3600.0,
+                                       "webhook_backoff_max_s": 3600.0})
+    with BackOffice([(200, 1.0)]) as office:
+        service, app = build(slow)
+        async with running(service, app) as client:
+            register(service, destination_id, office.url)
+            await wait_until(lambda: knows(client, destination_id))
+            case_id = await submit(kafka_settings)
+
+            def timed_out() -> bool:
+                delivery = delivery_of(service, case_id)
+                return delivery is not None and delivery.last_error == "timeout"
+
+            await wait_until(timed_out)
+        # Make the persisted retry due now, as if the back-off had passed while routing was down.
+        delivery = delivery_of(service, case_id)
+        assert delivery is not None
+        assert delivery.status == "pending"
+        with service.engine.begin() as connection:
+            connection.execute(update(WebhookDelivery).values(next_attempt_at=delivery.created_at))
+
+        restarted, restarted_app = build(settings)
+        async with running(restarted, restarted_app):
+            done = await wait_until(lambda: settled(restarted, case_id))
+            assert done.status == "delivered"
+            attempts = WebhookStore(restarted.engine).attempts(done.delivery_id)
+            assert [(a.attempt, a.outcome, a.error) for a in attempts] == [(1, "retry", "timeout"),
+                                                                            (2, "delivered", None)]
+        assert len(office.requests) == 2
