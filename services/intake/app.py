@@ -5,11 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import boto3
+from botocore.config import Config
 from fastapi import FastAPI
 
 from services.intake import api, handlers
 from services.intake.attachments import sweep_job
-from services.intake.blobs import BlobStore, LocalBlobStore
+from services.intake.blobs import BlobStore, LocalBlobStore, S3BlobStore
 from services.intake.publishing import SubmissionPublisher, outbox_job
 from services.intake.ratelimit import RateLimiter, RateLimitHeaders
 from services.intake.settings import Settings
@@ -29,14 +31,30 @@ class Intake:
     limiter: RateLimiter
 
 
+def blob_store(settings: Settings) -> BlobStore:
+    """The configured blob store: a local directory, or an S3-compatible object store."""
+    if settings.blob_store == "local":
+        return LocalBlobStore(settings.blob_dir)
+    assert settings.s3_bucket is not None  # checked by Settings
+    secret = settings.s3_secret_access_key
+    client = boto3.session.Session().client(
+        "s3", endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region,
+        aws_access_key_id=settings.s3_access_key_id,
+        aws_secret_access_key=secret.get_secret_value() if secret is not None else None,
+        # Path-style requests: what S3-compatible stores (MinIO, Ceph, ...) understand without wildcard DNS.
+        config=Config(s3={"addressing_style": "path" if settings.s3_endpoint_url else "auto"},
+                      retries={"mode": "standard"}),
+    )
+    return S3BlobStore(client, settings.s3_bucket, settings.s3_prefix)
+
+
 def build(settings: Settings | None = None) -> tuple[Service, FastAPI]:
     """The intake service and its ASGI app."""
     settings = settings or Settings()
     service = Service(settings, migrations=MIGRATIONS)
     store = IntakeStore(service.engine)
     publisher = SubmissionPublisher(service, settings.publish_timeout_s)
-    # The seam for an S3-compatible store: choose it here by configuration.
-    blobs = LocalBlobStore(settings.blob_dir)
+    blobs = blob_store(settings)
     limiter = RateLimiter(settings.rate_limit)
     handlers.register(service.broker, store, settings.consumer_group)
     service.background.append(outbox_job(store, publisher, settings.outbox_after_s, settings.outbox_interval_s))

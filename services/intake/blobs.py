@@ -1,8 +1,8 @@
 """The blob store of the claim-check: attachments live here, events carry only their id, size, type and hash.
 
-``BlobStore`` is the seam: ``LocalBlobStore`` (a directory, the default) is the only implementation so far; an
-S3-compatible store implements the same four operations (a multipart upload for ``writer``, ``GetObject`` streamed
-for ``read``, ``DeleteObject`` for ``delete``) and is chosen in ``app.build`` by configuration.
+``BlobStore`` is the seam: ``LocalBlobStore`` (a directory, the default) and ``S3BlobStore`` (an S3-compatible object
+store: a multipart upload for ``writer``, ``GetObject`` streamed for ``read``, ``DeleteObject`` for ``delete``), chosen
+in ``app.build`` by configuration (``INTAKE_BLOB_STORE``).
 """
 
 from __future__ import annotations
@@ -11,12 +11,21 @@ import contextlib
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 from uuid import UUID
 
 import anyio.to_thread
+from botocore.exceptions import ClientError
+
+if TYPE_CHECKING:
+    from botocore.response import StreamingBody
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import CompletedPartTypeDef
 
 CHUNK = 64 * 1024
+# S3 wants every part of a multipart upload but the last to have at least 5 MiB; this much is buffered per upload.
+MIN_PART_BYTES = 5 * 1024 * 1024
+PART_BYTES = 8 * 1024 * 1024
 
 
 class BlobWriter(Protocol):
@@ -106,3 +115,103 @@ class LocalBlobStore:
                 self.path(blob_id).unlink()
 
         await anyio.to_thread.run_sync(remove)
+
+
+class _S3Writer:
+    """Buffers up to one part in memory; a blob smaller than a part is one ``PutObject`` at ``commit``, a larger one
+    a multipart upload that S3 shows under its key only when ``commit`` completes it."""
+
+    def __init__(self, client: S3Client, bucket: str, key: str, part_bytes: int) -> None:
+        self._client = client
+        self._bucket = bucket
+        self._key = key
+        self._part_bytes = part_bytes
+        self._buffer = bytearray()
+        self._upload_id: str | None = None
+        self._parts: list[CompletedPartTypeDef] = []
+
+    async def write(self, chunk: bytes) -> None:
+        self._buffer += chunk
+        if len(self._buffer) >= self._part_bytes:
+            await self._upload_part()
+
+    async def _upload_part(self) -> None:
+        body, self._buffer = bytes(self._buffer), bytearray()
+        number = len(self._parts) + 1
+
+        def upload() -> None:
+            if self._upload_id is None:
+                self._upload_id = self._client.create_multipart_upload(Bucket=self._bucket, Key=self._key)["UploadId"]
+            answer = self._client.upload_part(Bucket=self._bucket, Key=self._key, UploadId=self._upload_id,
+                                              PartNumber=number, Body=body)
+            self._parts.append({"ETag": answer["ETag"], "PartNumber": number})
+
+        await anyio.to_thread.run_sync(upload)
+
+    async def commit(self) -> None:
+        if self._upload_id is None:
+            body, self._buffer = bytes(self._buffer), bytearray()
+            await anyio.to_thread.run_sync(
+                lambda: self._client.put_object(Bucket=self._bucket, Key=self._key, Body=body))
+            return
+        if self._buffer:
+            await self._upload_part()
+        upload_id = self._upload_id
+        try:
+            await anyio.to_thread.run_sync(lambda: self._client.complete_multipart_upload(
+                Bucket=self._bucket, Key=self._key, UploadId=upload_id, MultipartUpload={"Parts": self._parts}))
+        except BaseException:
+            await self.abort()
+            raise
+        self._upload_id = None
+
+    async def abort(self) -> None:
+        self._buffer = bytearray()
+        upload_id, self._upload_id = self._upload_id, None
+        if upload_id is not None:
+            with contextlib.suppress(ClientError):  # already gone; a bucket lifecycle rule cleans up the rest
+                await anyio.to_thread.run_sync(lambda: self._client.abort_multipart_upload(
+                    Bucket=self._bucket, Key=self._key, UploadId=upload_id))
+
+
+class S3BlobStore:
+    """Blobs as objects ``<prefix><id hex>`` in ``bucket`` of an S3-compatible store (``INTAKE_BLOB_STORE=s3``).
+
+    ``client`` is a boto3 S3 client (thread-safe); its blocking calls run in worker threads. At most ``part_bytes``
+    of a blob being written are held in memory.
+    """
+
+    def __init__(self, client: S3Client, bucket: str, prefix: str = "", part_bytes: int = PART_BYTES) -> None:
+        if part_bytes < MIN_PART_BYTES:
+            raise ValueError(f"part_bytes must be at least {MIN_PART_BYTES} (the S3 minimum part size)")
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix
+        self.part_bytes = part_bytes
+
+    def key(self, blob_id: UUID) -> str:
+        """The object key of the blob ``blob_id``."""
+        return f"{self.prefix}{blob_id.hex}"
+
+    async def writer(self, blob_id: UUID) -> BlobWriter:
+        return _S3Writer(self.client, self.bucket, self.key(blob_id), self.part_bytes)
+
+    async def read(self, blob_id: UUID) -> AsyncIterator[bytes]:
+        def get() -> StreamingBody:
+            try:
+                return self.client.get_object(Bucket=self.bucket, Key=self.key(blob_id))["Body"]
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                    raise FileNotFoundError(self.key(blob_id)) from None
+                raise
+
+        body = await anyio.to_thread.run_sync(get)
+        try:
+            while chunk := await anyio.to_thread.run_sync(body.read, CHUNK):
+                yield chunk
+        finally:
+            body.close()
+
+    async def delete(self, blob_id: UUID) -> None:
+        # DeleteObject succeeds for a key that does not exist.
+        await anyio.to_thread.run_sync(lambda: self.client.delete_object(Bucket=self.bucket, Key=self.key(blob_id)))

@@ -1,9 +1,9 @@
 """Intake's settings, from ``INTAKE_*`` environment variables (Kafka from ``OZG_KAFKA_*``)."""
 
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.intake.ratelimit import parse_limit
@@ -31,6 +31,15 @@ class Settings(ServiceSettings):
 
     # Attachments (claim-check): the local blob store, size limits, and when unreferenced uploads are removed.
     blob_dir: Path = Path(".run/blobs")
+    # Or an S3-compatible object store (``blob_store="s3"``): the bucket must exist. Without an access key, boto3's
+    # own chain applies (AWS_* variables, shared config, instance or pod role). No endpoint: AWS itself.
+    blob_store: Literal["local", "s3"] = "local"
+    s3_endpoint_url: str | None = None
+    s3_bucket: str | None = None
+    s3_region: str | None = None
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_prefix: str = ""
     max_attachment_bytes: int = Field(default=20 * 1024 * 1024, ge=1)
     max_application_attachment_bytes: int = Field(default=50 * 1024 * 1024, ge=1)
     unreferenced_attachment_ttl_s: float = Field(default=24 * 3600, gt=0)
@@ -45,6 +54,14 @@ class Settings(ServiceSettings):
     def _rate_limit_parses(cls, value: str) -> str:
         parse_limit(value)
         return value
+
+    @model_validator(mode="after")
+    def _s3_configured(self) -> Self:
+        if self.blob_store == "s3" and not self.s3_bucket:
+            raise ValueError("blob_store 's3' needs s3_bucket (INTAKE_S3_BUCKET)")
+        if (self.s3_access_key_id is None) != (self.s3_secret_access_key is None):
+            raise ValueError("set both s3_access_key_id and s3_secret_access_key, or neither")
+        return self
 
     @model_validator(mode="after")
     def _timeouts_consistent(self) -> Self:

@@ -4,16 +4,19 @@ references from applications, download authorisation and the sweep of unreferenc
 from __future__ import annotations
 
 import hashlib
+import os
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
+from pydantic import ValidationError
 from sqlmodel import Session
 
 from services.intake.app import build
 from services.intake.attachments import sniff, sweep_unreferenced
+from services.intake.blobs import MIN_PART_BYTES, S3BlobStore
 from services.intake.models import Attachment
 from services.intake.settings import Settings
 from shared import events, topics
@@ -21,6 +24,7 @@ from shared.envelope import build_event, parse_event
 from shared.events import ApplicationRouted, ApplicationSubmitted, Authority, AuthorityLevel, ClientKind, ResolvedRegion
 from shared.settings import KafkaSettings
 from tests.factories import WOHNSITZ, application_body
+from tests.intake.conftest import S3_ACCESS_KEY_ID, S3_REGION, S3_SECRET_ACCESS_KEY, S3Bucket
 from tests.support import consume, issue_key, produce, running, wait_until
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 100
@@ -33,6 +37,21 @@ XML = b"\xef\xbb\xbf  \n<xoev:nachricht xmlns:xoev='urn:x'/>"
 def settings(tmp_path: Path, kafka_settings: KafkaSettings) -> Settings:
     return Settings(database_url=f"sqlite:///{tmp_path / 'intake.db'}", kafka=kafka_settings,
                     blob_dir=tmp_path / "blobs", max_attachment_bytes=2048, max_application_attachment_bytes=3000)
+
+
+@pytest.fixture(params=["local", "s3"])
+def store_settings(request: pytest.FixtureRequest, settings: Settings) -> Settings:
+    """``settings`` with each blob store in turn: the local directory, then the S3-compatible store."""
+    if request.param == "local":
+        return settings
+    bucket: S3Bucket = request.getfixturevalue("s3_bucket")
+    return Settings(**{
+        **settings.model_dump(include={"database_url", "kafka", "blob_dir", "max_attachment_bytes",
+                                       "max_application_attachment_bytes"}),
+        "blob_store": "s3", "s3_endpoint_url": bucket.endpoint_url, "s3_bucket": bucket.name,
+        "s3_region": S3_REGION, "s3_access_key_id": S3_ACCESS_KEY_ID, "s3_secret_access_key": S3_SECRET_ACCESS_KEY,
+        "s3_prefix": "attachments/",
+    })
 
 
 def bearer(key: str, idempotency_key: str | None = None) -> dict[str, str]:
@@ -116,9 +135,9 @@ async def test_upload_stores_by_content_with_hash_and_limits(settings: Settings,
 
 
 async def test_applications_reference_own_attachments_within_limits(
-    settings: Settings, kafka_settings: KafkaSettings
+    store_settings: Settings, kafka_settings: KafkaSettings
 ) -> None:
-    service, app = build(settings)
+    service, app = build(store_settings)
     async with running(service, app) as client:
         _, key = await issue_key(kafka_settings, ClientKind.PORTAL, service=service)
         _, other = await issue_key(kafka_settings, ClientKind.PORTAL, service=service)
@@ -152,9 +171,9 @@ async def test_applications_reference_own_attachments_within_limits(
 
 
 async def test_download_only_for_uploader_and_destination_of_the_case(
-    settings: Settings, kafka_settings: KafkaSettings
+    store_settings: Settings, kafka_settings: KafkaSettings
 ) -> None:
-    service, app = build(settings)
+    service, app = build(store_settings)
     async with running(service, app) as client:
         destination_id, elsewhere = uuid.uuid4(), uuid.uuid4()
         _, portal = await issue_key(kafka_settings, ClientKind.PORTAL, service=service)
@@ -219,3 +238,66 @@ async def test_sweep_removes_old_unreferenced_uploads_only(settings: Settings, k
         assert not parts.blobs.path(uuid.UUID(old_orphan)).exists()
         for kept in (referenced, fresh):
             assert (await client.get(f"/v1/attachments/{kept}", headers=bearer(key))).status_code == 200
+
+
+def s3_store(bucket: S3Bucket) -> S3BlobStore:
+    return S3BlobStore(bucket.client, bucket.name, prefix="blobs/", part_bytes=MIN_PART_BYTES)
+
+
+async def test_s3_store_round_trips_a_multipart_blob_and_deletes_it(s3_bucket: S3Bucket) -> None:
+    store = s3_store(s3_bucket)
+    content = os.urandom(2 * MIN_PART_BYTES + 12345)  # three parts: two full ones and a short last one
+    blob_id = uuid.uuid4()
+    writer = await store.writer(blob_id)
+    for start in range(0, len(content), 64 * 1024):
+        await writer.write(content[start:start + 64 * 1024])
+    # Nothing visible before the commit, though two parts are uploaded already.
+    assert s3_bucket.client.list_objects_v2(Bucket=s3_bucket.name).get("KeyCount") == 0
+    with pytest.raises(FileNotFoundError):
+        [chunk async for chunk in store.read(blob_id)]
+    await writer.commit()
+
+    digest, size = hashlib.sha512(), 0
+    async for chunk in store.read(blob_id):
+        digest.update(chunk)
+        size += len(chunk)
+    assert (size, digest.hexdigest()) == (len(content), hashlib.sha512(content).hexdigest())
+    assert s3_bucket.client.head_object(Bucket=s3_bucket.name, Key=f"blobs/{blob_id.hex}")["ContentLength"] == size
+    assert "Uploads" not in s3_bucket.client.list_multipart_uploads(Bucket=s3_bucket.name)
+
+    await store.delete(blob_id)
+    await store.delete(blob_id)  # gone already: no error
+    with pytest.raises(FileNotFoundError):
+        [chunk async for chunk in store.read(blob_id)]
+    assert s3_bucket.client.list_objects_v2(Bucket=s3_bucket.name).get("KeyCount") == 0
+
+
+async def test_s3_store_small_blobs_and_aborts_leave_nothing_behind(s3_bucket: S3Bucket) -> None:
+    store = s3_store(s3_bucket)
+    small = uuid.uuid4()
+    writer = await store.writer(small)
+    await writer.write(PDF)
+    assert s3_bucket.client.list_objects_v2(Bucket=s3_bucket.name).get("KeyCount") == 0
+    await writer.commit()
+    assert b"".join([chunk async for chunk in store.read(small)]) == PDF
+
+    for size in (100, MIN_PART_BYTES + 1):  # one never sent, one with a multipart upload begun
+        aborted = await store.writer(uuid.uuid4())
+        await aborted.write(b"x" * size)
+        await aborted.abort()
+    assert [o["Key"] for o in s3_bucket.client.list_objects_v2(Bucket=s3_bucket.name)["Contents"]] == [
+        f"blobs/{small.hex}"]
+    assert "Uploads" not in s3_bucket.client.list_multipart_uploads(Bucket=s3_bucket.name)
+
+
+def test_s3_store_settings_are_checked(tmp_path: Path) -> None:
+    assert Settings(database_url=f"sqlite:///{tmp_path / 'i.db'}").blob_store == "local"
+    with pytest.raises(ValidationError, match="s3_bucket"):
+        Settings(blob_store="s3")
+    with pytest.raises(ValidationError, match="neither"):
+        Settings(blob_store="s3", s3_bucket="b", s3_access_key_id="only-the-id")
+    configured = Settings(blob_store="s3", s3_bucket="b", s3_access_key_id="id",
+                          s3_secret_access_key="hunter2-s3")
+    assert "hunter2-s3" not in repr(configured)
+    assert configured.s3_secret_access_key is not None
+    assert configured.s3_secret_access_key.get_secret_value() == "hunter2-s3"
