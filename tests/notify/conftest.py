@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
-from deploy.local.broker import free_port
+from deploy.local.broker import Tansu, free_port
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,18 @@ class Mailbox:
         """The messages whose subject names ``reference``: other tests' mail arrives here too."""
         with self._lock:
             return [item for item in self._received if reference in item.subject]
+
+
+@pytest.fixture(scope="module")
+def tansu(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tansu]:
+    """A broker of their own for each module of notify's tests.
+
+    Notify reads every case topic from the beginning; on the session's broker it would first work through the
+    events other suites left there, and their mail would race the mail these tests count.
+    """
+    broker = Tansu(log_path=tmp_path_factory.mktemp("tansu-notify") / "tansu.log").start()
+    yield broker
+    broker.stop()
 
 
 @pytest.fixture(scope="session")
