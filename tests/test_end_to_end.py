@@ -108,6 +108,47 @@ def test_application_flows_from_portal_to_audit_trail(stack: tuple[LocalStack, d
     assert set(credentials_file) == {"portal", "counter", "operator", "auditor", "destinations"}
 
 
+def test_the_back_office_reports_status_and_the_portal_sees_every_step(
+    stack: tuple[LocalStack, dict[str, Any]],
+) -> None:
+    """The status loop of SPEC §4 through the real processes: back office → routing → Kafka → intake → portal."""
+    system, credentials = stack
+    portal = {"Authorization": f"Bearer {credentials['portal']}"}
+    with httpx.Client(timeout=10) as http:
+        accepted = http.post(f"{system.url('intake')}/v1/applications", json=first_application(),
+                             headers={**portal, "Idempotency-Key": str(uuid.uuid4())})
+        assert accepted.status_code == 202, accepted.text
+        case_id = accepted.json()["case_id"]
+
+        def case() -> dict[str, Any]:
+            return dict(http.get(f"{system.url('intake')}/v1/applications/{case_id}", headers=portal).json())
+
+        poll(lambda: case()["status"] == "routed")
+        routed = http.get(f"{system.url('routing')}/v1/routes",
+                          params={"leika_key": first_application()["leika_key"], "postal_code": "93309"}).json()
+        destination_id = routed["destinations"][0]["destination_id"]
+        back_office = {"Authorization": f"Bearer {credentials['destinations'][destination_id]}"}
+        steps: list[dict[str, Any]] = [
+            {"status": "received"},
+            {"status": "in_progress"},
+            {"status": "information_requested", "message": "Bitte reichen Sie den Mietvertrag nach."},
+            {"status": "in_progress"},
+            {"status": "decided", "outcome": "approved", "message": "Ihr Antrag wurde bewilligt."},
+            {"status": "closed"},
+        ]
+        for step in steps:
+            answer = http.post(f"{system.url('routing')}/v1/cases/{case_id}/status", json=step, headers=back_office)
+            assert answer.status_code == 202, answer.text
+            poll(lambda step=step: case()["history"][-1]["status"] == step["status"])
+        history = [entry["status"] for entry in case()["history"]]
+        assert history == ["submitted", "routed", "received", "in_progress", "information_requested",
+                           "in_progress", "decided", "closed"]
+        # After closing, nothing moves any more, and the applicant can no longer withdraw.
+        late = http.post(f"{system.url('routing')}/v1/cases/{case_id}/status", json={"status": "in_progress"},
+                         headers=back_office)
+        assert late.status_code == 409
+
+
 def test_prometheus_scrapes_the_system_and_every_dashboard_query_has_data(
     stack: tuple[LocalStack, dict[str, Any]], tmp_path: Path
 ) -> None:
