@@ -209,5 +209,9 @@ class WebhookSender:
 
 def deliveries_counter(registry: CollectorRegistry) -> Counter:
     """``ozg_webhook_deliveries_total{outcome}``: every attempt by what it came to."""
-    return Counter("ozg_webhook_deliveries", "Webhook delivery attempts by outcome (delivered, retry, failed)",
-                   ["outcome"], registry=registry)
+    counter = Counter("ozg_webhook_deliveries", "Webhook delivery attempts by outcome (delivered, retry, failed)",
+                      ["outcome"], registry=registry)
+    # Every outcome exists from the start, so rates and alerts see 0 rather than no data.
+    for outcome in (DELIVERED, RETRY, FAILED):
+        counter.labels(outcome)
+    return counter
