@@ -22,6 +22,7 @@ from services.routing.models import (
     DestinationIn,
     DestinationOut,
     DestinationPublic,
+    FailedWebhookDelivery,
     KafkaChannel,
     ManualRouting,
     ManualRoutingDone,
@@ -32,6 +33,7 @@ from services.routing.models import (
 )
 from services.routing.registry import RoutingState
 from services.routing.status import status_event
+from services.routing.webhooks import WebhookStore
 from shared import topics
 from shared.auth import require
 from shared.events import (
@@ -176,6 +178,21 @@ def create_operator_router(service: Service, state: RoutingState) -> APIRouter:
                           detail=c.detail, waiting_since=c.created_at)
             for c in cases
         ])
+
+    @router.get("/clearing/webhooks", tags=["clearing"], dependencies=[can_clear],
+                summary="Webhook deliveries given up on (no personal data)",
+                responses={401: PROBLEM, 403: PROBLEM})
+    async def list_failed_webhooks(
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100, offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> list[FailedWebhookDelivery]:
+        """The case's events stay on the destination's topic and in the pull API; these need a look."""
+        failed = await anyio.to_thread.run_sync(WebhookStore(service.engine).failed, limit, offset)
+        return [
+            FailedWebhookDelivery(delivery_id=d.delivery_id, case_id=d.case_id, destination_id=d.destination_id,
+                                  event_id=d.event_id, attempts=d.attempts, last_error=d.last_error,
+                                  failed_at=d.settled_at)
+            for d in failed
+        ]
 
     @router.post("/clearing/{case_id}", tags=["clearing"], dependencies=[can_clear],
                  summary="Route an unroutable case by hand to a destination",

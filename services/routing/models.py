@@ -278,6 +278,18 @@ class ClearingEntry(BaseModel):
     waiting_since: datetime
 
 
+class FailedWebhookDelivery(BaseModel):
+    """A webhook delivery routing gave up on: flagged for an operator (no personal data)."""
+
+    delivery_id: UUID
+    case_id: UUID
+    destination_id: UUID
+    event_id: str
+    attempts: int
+    last_error: str | None
+    failed_at: datetime | None
+
+
 class ClearingList(BaseModel):
     """``GET /v1/clearing``."""
 

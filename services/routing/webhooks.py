@@ -133,6 +133,13 @@ class WebhookStore:
         with Session(self.engine) as session:
             return session.get(WebhookDelivery, delivery_id)
 
+    def failed(self, limit: int, offset: int) -> list[WebhookDelivery]:
+        """Deliveries given up on, the most recent first: the operator's clearing list for webhooks."""
+        with Session(self.engine) as session:
+            query = (select(WebhookDelivery).where(WebhookDelivery.status == FAILED)
+                     .order_by(col(WebhookDelivery.settled_at).desc()).limit(limit).offset(offset))
+            return list(session.exec(query).all())
+
 
 class WebhookSender:
     """The background job that works through the schedule."""

@@ -24,10 +24,11 @@ from services.routing.store import RoutingStore
 from services.routing.webhooks import WebhookStore, sign
 from shared import events, topics
 from shared.envelope import build_event
+from shared.events import ClientKind
 from shared.runtime import Service
 from shared.settings import KafkaSettings
 from tests.factories import WOHNSITZ, submitted
-from tests.support import produce, running, wait_until
+from tests.support import issue_key, produce, running, wait_until
 
 SECRET = "a-long-webhook-secret-for-tests"
 
@@ -169,6 +170,16 @@ async def test_other_4xx_answers_are_not_retried(
             assert delivery.status == "failed"
             attempts = WebhookStore(service.engine).attempts(delivery.delivery_id)
             assert [(a.outcome, a.status_code) for a in attempts] == [("failed", 400)]
+            # Flagged for an operator, with what went wrong and no personal data.
+            _, operator = await issue_key(kafka_settings, ClientKind.OPERATOR, service=service)
+            flagged = await client.get("/v1/clearing/webhooks", headers={"Authorization": f"Bearer {operator}"})
+            assert flagged.status_code == 200
+            mine = [f for f in flagged.json() if f["case_id"] == str(case_id)]
+            assert [(f["attempts"], f["last_error"]) for f in mine] == [(1, "HTTP 400")]
+            assert "Erika" not in flagged.text
+            _, portal = await issue_key(kafka_settings, ClientKind.PORTAL, service=service)
+            forbidden = await client.get("/v1/clearing/webhooks", headers={"Authorization": f"Bearer {portal}"})
+            assert forbidden.status_code == 403
         assert len(office.requests) == 1
 
 
