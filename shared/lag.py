@@ -1,10 +1,12 @@
-"""Consumer lag per topic and partition: how far a service's consumer group is behind the end of its topics."""
+"""Consumer lag per topic and partition: how far each of a service's consumer groups is behind the end of its
+topics."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import re
+from collections.abc import Callable, Iterable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import CollectorRegistry, Gauge
@@ -16,18 +18,26 @@ log = logging.getLogger(__name__)
 
 
 class ConsumerLag:
-    """Measures the lag of one consumer group and exports it as ``ozg_consumer_lag{topic, partition}``."""
+    """Measures the lag of a service's consumer groups, exported as ``ozg_consumer_lag{group, topic, partition}``.
 
-    def __init__(self, settings: KafkaSettings, group_id: str, registry: CollectorRegistry) -> None:
+    ``groups`` is asked at every measurement: a service's subscribers (and so its groups) are registered after
+    the service object is made.
+    """
+
+    def __init__(self, settings: KafkaSettings, groups: Callable[[], Iterable[str]],
+                 registry: CollectorRegistry) -> None:
         self.settings = settings
-        self.group_id = group_id
+        self.groups = groups
         self.gauge = Gauge("ozg_consumer_lag", "Records the consumer group has not yet committed",
                            ["group", "topic", "partition"], registry=registry)
 
-    async def measure(self) -> dict[TopicPartition, int]:
-        """The group's lag on every partition of the ``ozg.*`` topics it has committed offsets for."""
+    async def measure(self) -> dict[tuple[str, TopicPartition], int]:
+        """Every group's lag on every partition of the ``ozg.*`` topics it has committed offsets for."""
+        return {(group, tp): lag for group in self.groups() for tp, lag in (await self._measure(group)).items()}
+
+    async def _measure(self, group_id: str) -> dict[TopicPartition, int]:
         # A group member that never subscribes reads the group's committed offsets without joining it.
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap_servers, group_id=self.group_id,
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap_servers, group_id=group_id,
                                     enable_auto_commit=False, request_timeout_ms=self.settings.request_timeout_ms)
         await consumer.start()
         try:
@@ -46,7 +56,7 @@ class ConsumerLag:
             await consumer.stop()
         lag = {tp: max(end[tp] - (committed[tp] or 0), 0) for tp in known}
         for tp, value in lag.items():
-            self.gauge.labels(self.group_id, tp.topic, str(tp.partition)).set(value)
+            self.gauge.labels(group_id, tp.topic, str(tp.partition)).set(value)
         return lag
 
     async def run(self, interval_s: float) -> None:

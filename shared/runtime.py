@@ -14,6 +14,7 @@ import anyio.to_thread
 import uvicorn
 from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse, Response
+from faststream.kafka.subscriber.usecase import LogicSubscriber
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 
 from shared import db, problems, topics
@@ -45,11 +46,16 @@ class Service:
         # Start-up jobs run before the broker connects (loading caches); background jobs run once it has.
         self.on_start: list[BackgroundTask] = []
         self.background: list[BackgroundTask] = []
-        self.lag = ConsumerLag(settings.kafka, settings.consumer_group, self.registry)
+        self.lag = ConsumerLag(settings.kafka, self.consumer_groups, self.registry)
         self.background.append(self._measure_lag)
         self.broker_started = asyncio.Event()
         self._up = Gauge("ozg_service_up", "1 while the service is connected to its broker", ["service"],
                          registry=self.registry)
+
+    def consumer_groups(self) -> list[str]:
+        """The consumer groups this service's subscribers use (a service may have several, e.g. routing)."""
+        return sorted({sub.group_id for sub in self.broker.subscribers
+                       if isinstance(sub, LogicSubscriber) and sub.group_id})
 
     def migrate(self) -> None:
         """Run this service's Alembic migrations to head."""

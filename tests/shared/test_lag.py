@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 from prometheus_client import CollectorRegistry, generate_latest
 
+from services.routing.app import build
+from services.routing.settings import Settings
 from shared.lag import ConsumerLag
 from shared.settings import KafkaSettings
 from shared.topics import TopicSpec, ensure_topics
@@ -30,8 +33,17 @@ async def test_lag_is_end_offset_minus_committed_offset(kafka_settings: KafkaSet
         await consumer.stop()
 
     registry = CollectorRegistry()
-    lag = await ConsumerLag(settings, group, registry).measure()
-    assert lag == {TopicPartition(topic, 0): 3}
+    nobody = f"ozg-nobody-{uuid.uuid4().hex[:6]}"
+    lag = await ConsumerLag(settings, lambda: [group, nobody], registry).measure()
+    assert lag == {(group, TopicPartition(topic, 0)): 3}
     exported = generate_latest(registry).decode()
     assert f'ozg_consumer_lag{{group="{group}",partition="0",topic="{topic}"}} 3.0' in exported
-    assert await ConsumerLag(settings, f"ozg-nobody-{uuid.uuid4().hex[:6]}", CollectorRegistry()).measure() == {}
+    assert nobody not in exported
+
+
+def test_a_service_measures_every_group_it_consumes_with(tmp_path: Path) -> None:
+    service, _ = build(Settings(database_url=f"sqlite:///{tmp_path / 'routing.db'}"))
+    # The dispatcher's group and the withdrawals' group: the lag alert must see both.
+    assert service.consumer_groups() == ["ozg-routing", "ozg-routing-status"]
+    assert service.lag.groups() == service.consumer_groups()
+    service.engine.dispose()
