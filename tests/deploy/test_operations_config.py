@@ -4,6 +4,7 @@ configuration, the Grafana dashboard's queries, and the docker-compose productio
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -41,11 +42,16 @@ def test_alert_rules_pass_promtool_check_and_unit_tests() -> None:
 
 def test_every_alert_has_a_runbook_in_the_readme() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Alerts: what they mean and what to do", 1)[1].split("\n#", 1)[0]
+    # Rows of the table: | `Alert` | what it means | what to do |
+    rows = {match[1]: (match[2].strip(), match[3].strip())
+            for match in re.finditer(r"^\| `(\w+)` \|(.*)\|(.*)\|$", section, re.MULTILINE)}
     rules = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text(encoding="utf-8"))
-    alerts = [rule["alert"] for group in rules["groups"] for rule in group["rules"]]
+    alerts = {rule["alert"] for group in rules["groups"] for rule in group["rules"]}
     assert alerts
-    missing = [alert for alert in alerts if f"`{alert}`" not in readme]
-    assert not missing, f"alerts without a runbook entry in README.md: {missing}"
+    assert set(rows) == alerts, "README alert table and alerts.yml differ"
+    empty = [alert for alert, (means, do) in rows.items() if not means or not do]
+    assert not empty, f"alerts without 'means' or 'do' in README.md: {empty}"
 
 
 def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
