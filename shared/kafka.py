@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiokafka import ConsumerRecord
+from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaMessage
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 from faststream.message import StreamMessage
@@ -79,6 +80,21 @@ def make_broker(
     )
     dead_letters.attach(broker)
     return broker, dead_letters
+
+
+def group_subscription(settings: KafkaSettings, group_id: str) -> dict[str, Any]:
+    """Subscriber options every consumer group of the project shares.
+
+    At-least-once: the position is committed after the handler, a failure seeks back (the dead-letter middleware
+    bounds the retries), and a new group starts at the beginning of its topics rather than skipping them.
+    """
+    return {
+        "group_id": group_id,
+        "auto_offset_reset": "earliest",
+        "ack_policy": AckPolicy.NACK_ON_ERROR,
+        "heartbeat_interval_ms": settings.heartbeat_interval_ms,
+        "session_timeout_ms": settings.session_timeout_ms,
+    }
 
 
 def read_event(msg: KafkaMessage) -> Envelope:

@@ -16,7 +16,6 @@ from uuid import UUID
 
 import anyio.to_thread
 from aiokafka import ConsumerRecord
-from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaMessage
 from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -27,6 +26,7 @@ from shared import events, topics
 from shared.deadletter import DeadLetterPolicy
 from shared.envelope import Envelope, InvalidEvent, parse_event
 from shared.events import CaseStatus, UnroutableReason
+from shared.kafka import group_subscription
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ def register(
             appended.labels(event_type if event_type in _KNOWN_TYPES else "other").inc()
 
     broker.subscriber(
-        pattern=topics.AUDITED_PATTERN, group_id=settings.consumer_group, auto_offset_reset="earliest",
-        ack_policy=AckPolicy.NACK_ON_ERROR, batch=True, max_records=settings.batch_max_records,
+        pattern=topics.AUDITED_PATTERN, **group_subscription(settings.kafka, settings.consumer_group),
+        batch=True, max_records=settings.batch_max_records,
         batch_timeout_ms=settings.batch_timeout_ms,
     )(on_batch)

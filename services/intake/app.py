@@ -56,7 +56,7 @@ def build(settings: Settings | None = None) -> tuple[Service, FastAPI]:
     publisher = SubmissionPublisher(service, settings.publish_timeout_s)
     blobs = blob_store(settings)
     limiter = RateLimiter(settings.rate_limit)
-    handlers.register(service.broker, store, settings.consumer_group)
+    handlers.register(service.broker, store, settings)
     service.background.append(outbox_job(store, publisher, settings.outbox_after_s, settings.outbox_interval_s))
     service.background.append(sweep_job(store, blobs, settings.unreferenced_attachment_ttl_s,
                                         settings.attachment_sweep_interval_s))

@@ -5,14 +5,14 @@ from __future__ import annotations
 from uuid import UUID
 
 import anyio.to_thread
-from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaMessage
 
+from services.intake.settings import Settings
 from services.intake.store import IntakeStore
 from shared import events, topics
 from shared.envelope import Envelope, InvalidEvent
 from shared.events import ApplicationRouted, ApplicationUnroutable, CaseStatus, CaseStatusChanged
-from shared.kafka import read_event
+from shared.kafka import group_subscription, read_event
 
 
 def status_of(envelope: Envelope) -> tuple[UUID, CaseStatus, str | None, UUID | None]:
@@ -29,7 +29,7 @@ def status_of(envelope: Envelope) -> tuple[UUID, CaseStatus, str | None, UUID | 
     raise InvalidEvent(f"intake does not expect {envelope.type}")
 
 
-def register(broker: KafkaBroker, store: IntakeStore, group_id: str) -> None:
+def register(broker: KafkaBroker, store: IntakeStore, settings: Settings) -> None:
     """Subscribe intake's status consumer on ``broker``."""
 
     async def on_status(msg: KafkaMessage) -> None:
@@ -41,5 +41,5 @@ def register(broker: KafkaBroker, store: IntakeStore, group_id: str) -> None:
 
     broker.subscriber(
         topics.ROUTED, topics.UNROUTABLE, topics.CASE_STATUS,
-        group_id=group_id, auto_offset_reset="earliest", ack_policy=AckPolicy.NACK_ON_ERROR,
+        **group_subscription(settings.kafka, settings.consumer_group),
     )(on_status)

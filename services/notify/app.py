@@ -36,7 +36,7 @@ def build(settings: Settings | None = None) -> tuple[Service, FastAPI]:
         broker=service.broker, store=store, settings=settings, channels=channels, registry=service.registry
     )
     notifier = handlers.Notifier(store=store, settings=settings, renderer=Renderer(), deliverer=deliverer)
-    handlers.register(service.broker, notifier, settings.consumer_group)
+    handlers.register(service.broker, notifier, settings)
 
     async def notification_scheduler() -> None:
         try:

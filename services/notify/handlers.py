@@ -16,7 +16,6 @@ from functools import partial
 from uuid import UUID
 
 import anyio.to_thread
-from faststream import AckPolicy
 from faststream.kafka import KafkaBroker, KafkaMessage
 
 from services.notify.delivery import Deliverer, now_utc
@@ -33,7 +32,7 @@ from shared.events import (
     CaseStatus,
     CaseStatusChanged,
 )
-from shared.kafka import read_event
+from shared.kafka import group_subscription, read_event
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +203,7 @@ def parked_event(envelope: Envelope, case_id: UUID) -> ParkedEvent:
                        event_time=envelope.time, data=json.dumps(envelope.data))
 
 
-def register(broker: KafkaBroker, notifier: Notifier, group_id: str) -> None:
+def register(broker: KafkaBroker, notifier: Notifier, settings: Settings) -> None:
     """Subscribe notify's consumer on ``broker``."""
 
     async def on_event(msg: KafkaMessage) -> None:
@@ -214,5 +213,5 @@ def register(broker: KafkaBroker, notifier: Notifier, group_id: str) -> None:
     # for a rebalance (and now and then never settle), which a single member avoids.
     broker.subscriber(
         topics.SUBMITTED, topics.ROUTED, topics.UNROUTABLE, topics.CASE_STATUS,
-        group_id=group_id, auto_offset_reset="earliest", ack_policy=AckPolicy.NACK_ON_ERROR,
+        **group_subscription(settings.kafka, settings.consumer_group),
     )(on_event)

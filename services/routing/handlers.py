@@ -15,7 +15,6 @@ from typing import Any
 
 import anyio.to_thread
 from aiokafka import ConsumerRecord
-from faststream import AckPolicy
 from faststream.kafka import KafkaMessage
 from prometheus_client import Counter, Histogram
 
@@ -25,7 +24,7 @@ from services.routing.settings import Settings
 from shared import events, topics, tracing
 from shared.envelope import InvalidEvent, parse_event
 from shared.events import ApplicationSubmitted
-from shared.kafka import publish_all
+from shared.kafka import group_subscription, publish_all
 from shared.runtime import Service
 
 log = logging.getLogger(__name__)
@@ -100,7 +99,7 @@ def register(service: Service, state: RoutingState, settings: Settings) -> None:
                 dispatch_latency.observe((dispatched_at - submitted_at[event_id]).total_seconds())
 
     broker.subscriber(
-        topics.SUBMITTED, group_id=settings.consumer_group, auto_offset_reset="earliest",
-        ack_policy=AckPolicy.NACK_ON_ERROR, batch=True, max_records=settings.batch_max_records,
+        topics.SUBMITTED, **group_subscription(settings.kafka, settings.consumer_group),
+        batch=True, max_records=settings.batch_max_records,
         batch_timeout_ms=settings.batch_timeout_ms,
     )(on_submitted)

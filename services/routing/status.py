@@ -12,7 +12,6 @@ import logging
 from datetime import UTC, datetime
 
 import anyio.to_thread
-from faststream import AckPolicy
 from faststream.kafka import KafkaMessage
 
 from services.routing.lifecycle import may_withdraw
@@ -22,7 +21,7 @@ from services.routing.settings import Settings
 from shared import events, topics
 from shared.envelope import InvalidEvent, OutgoingEvent, build_event, derived_event_id
 from shared.events import CaseStatus, CaseStatusChanged
-from shared.kafka import publish_all, read_event
+from shared.kafka import group_subscription, publish_all, read_event
 from shared.runtime import Service
 
 log = logging.getLogger(__name__)
@@ -89,6 +88,5 @@ def register(service: Service, state: RoutingState, settings: Settings) -> None:
 
     broker = service.broker
     broker.subscriber(
-        topics.CASE_STATUS, group_id=f"{settings.consumer_group}-status", auto_offset_reset="earliest",
-        ack_policy=AckPolicy.NACK_ON_ERROR,
+        topics.CASE_STATUS, **group_subscription(settings.kafka, f"{settings.consumer_group}-status"),
     )(on_status)
