@@ -3,7 +3,6 @@ type (from the bytes, whatever the client claims) and a size limit enforced whil
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import re
@@ -19,6 +18,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from services.intake.blobs import BlobStore, BlobWriter
 from services.intake.store import IntakeStore
+from shared.outbox import periodic
 from shared.problems import ProblemException
 
 log = logging.getLogger(__name__)
@@ -245,13 +245,4 @@ def sweep_job(
     store: IntakeStore, blobs: BlobStore, older_than_s: float, interval_s: float
 ) -> Callable[[], Awaitable[None]]:
     """A background job: sweep unreferenced uploads at start-up and every ``interval_s`` seconds."""
-
-    async def attachment_sweep() -> None:
-        while True:
-            try:
-                await sweep_unreferenced(store, blobs, older_than_s)
-            except Exception as exc:  # noqa: BLE001 - retried on the next round
-                log.error("attachment sweep failed", extra={"error": type(exc).__name__})
-            await asyncio.sleep(interval_s)
-
-    return attachment_sweep
+    return periodic("attachment sweep", interval_s, lambda: sweep_unreferenced(store, blobs, older_than_s))

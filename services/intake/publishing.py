@@ -16,6 +16,7 @@ from shared import events, topics
 from shared.envelope import OutgoingEvent, build_event
 from shared.events import ApplicationSubmitted, CaseStatusChanged
 from shared.kafka import publish
+from shared.outbox import periodic, relay
 from shared.runtime import Service
 
 log = logging.getLogger(__name__)
@@ -102,19 +103,14 @@ async def republish_pending(store: IntakeStore, publisher: SubmissionPublisher, 
     The event keeps its id, so consumers that saw it already drop the repeat. Returns how many were accepted.
     """
     cutoff = datetime.now(UTC) - timedelta(seconds=older_than_s)
-    accepted = 0
-    for case in await anyio.to_thread.run_sync(store.pending_before, cutoff):
-        if case.submission is None:
-            continue
-        event = submitted_event(case, ApplicationSubmitted.model_validate_json(case.submission))
-        try:
-            await publisher.publish(event)
-        except BrokerUnavailable as exc:
-            # Still pending: the next sweep tries again.
-            log.warning("outbox: broker unavailable", extra={"error": str(exc)})
-            break
-        await anyio.to_thread.run_sync(store.accept, case.case_id)
-        accepted += 1
+    pending = [c for c in await anyio.to_thread.run_sync(store.pending_before, cutoff) if c.submission is not None]
+
+    async def publish_case(case: Case) -> None:
+        assert case.submission is not None
+        await publisher.publish(submitted_event(case, ApplicationSubmitted.model_validate_json(case.submission)))
+
+    # Still pending after a failure: the next sweep tries again.
+    accepted = await relay(pending, publish_case, lambda case: store.accept(case.case_id), what="outbox")
     if accepted:
         log.info("outbox: accepted pending cases", extra={"count": accepted})
     return accepted
@@ -124,13 +120,4 @@ def outbox_job(
     store: IntakeStore, publisher: SubmissionPublisher, older_than_s: float, interval_s: float
 ) -> Callable[[], Awaitable[None]]:
     """A background job: sweep the outbox at start-up and every ``interval_s`` seconds."""
-
-    async def outbox() -> None:
-        while True:
-            try:
-                await republish_pending(store, publisher, older_than_s)
-            except Exception as exc:  # noqa: BLE001 - a failed sweep is retried on the next round
-                log.error("outbox sweep failed", extra={"error": type(exc).__name__})
-            await asyncio.sleep(interval_s)
-
-    return outbox
+    return periodic("outbox sweep", interval_s, lambda: republish_pending(store, publisher, older_than_s))
