@@ -2,16 +2,18 @@
 
 from datetime import UTC, datetime
 from typing import Annotated, Any
+from urllib.parse import urlencode
 from uuid import UUID
 
 import anyio.to_thread
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import ValidationError
 
-from services.routing import lifecycle
+from services.routing import lifecycle, paging
 from services.routing.competence import NoCompetenceRule
 from services.routing.directory import AmbiguousPostalCode, Directory, UnknownRegion
 from services.routing.dispatch import MANUAL_RULE, authority_for, routed_outcome
+from services.routing.lifecycle import status_event
 from services.routing.models import (
     ClearingEntry,
     ClearingList,
@@ -31,8 +33,8 @@ from services.routing.models import (
     StatusReport,
     WebhookOut,
 )
+from services.routing.publishing import OutboxPublisher
 from services.routing.registry import RoutingState
-from services.routing.status import status_event
 from services.routing.webhooks import WebhookStore
 from shared import topics
 from shared.auth import require
@@ -243,20 +245,22 @@ def _manual_region(directory: Directory, region: Region, authority_ars: str) -> 
     return ResolvedRegion(ars=gemeinde.ars, ags=gemeinde.ags, name=gemeinde.name)
 
 
-def create_destination_router(service: Service, state: RoutingState) -> APIRouter:
+def create_destination_router(service: Service, state: RoutingState, publisher: OutboxPublisher) -> APIRouter:
     """The back office's routes: its cases (pull) and the status it reports for them (SPEC §4, §5)."""
     router = APIRouter(prefix="/v1", tags=["back office"])
     store = state.store
 
     @router.post("/cases/{case_id}/status", status_code=202,
                  summary="Report a status change of a case dispatched to the calling destination",
-                 responses={401: PROBLEM, 403: PROBLEM, 404: PROBLEM, 409: PROBLEM, 422: PROBLEM, 503: PROBLEM})
+                 responses={401: PROBLEM, 403: PROBLEM, 404: PROBLEM, 409: PROBLEM, 422: PROBLEM})
     async def report_status(
         case_id: UUID, body: StatusReport,
         client: Annotated[ClientRecord, Depends(require(service.clients, "cases:status"))],
     ) -> StatusAccepted:
-        """Checked against the status model (409 names the allowed next states), then published as
-        ``de.ozg.case.status-changed.v1`` on ``ozg.cases.status`` (acks=all) before the answer."""
+        """Checked against the status model (409 names the allowed next states), stored with its
+        ``de.ozg.case.status-changed.v1`` event, which is published on ``ozg.cases.status`` (acks=all) before the
+        answer (``published: true``) or, if the broker is not reachable in time, later by the outbox under the
+        same ``event_id`` (``published: false``)."""
         case = await anyio.to_thread.run_sync(store.case, case_id)
         if case is None or client.destination_id is None or case.destination_id != client.destination_id:
             raise ProblemException(404, "No case with this id was dispatched to this destination.",
@@ -266,52 +270,59 @@ def create_destination_router(service: Service, state: RoutingState) -> APIRoute
         if not lifecycle.may_report(previous, new):
             raise _conflict(previous, new)
         changed_at = datetime.now(UTC)
-        # Compare-and-set first: of two concurrent reports only one moves the case, and only it is published.
-        if not await anyio.to_thread.run_sync(store.transition, case_id, previous, new, changed_at,
-                                              client.destination_id):
-            current = await anyio.to_thread.run_sync(store.case, case_id)
-            raise _conflict(CaseStatus(current.status) if current is not None else previous, new)
         change = CaseStatusChanged(
             case_id=case_id, reference=case.reference, status=new, previous_status=previous,
             leika_key=case.leika_key, destination_id=case.destination_id, outcome=body.outcome,
             message=body.message, problems=body.problems, changed_at=changed_at,
         )
         event = status_event(change)
-        try:
-            await publish_all(service.broker, [(topics.CASE_STATUS, event)])
-        except Exception as exc:
-            # Not published: undo the change (unless something else changed the case meanwhile).
-            await anyio.to_thread.run_sync(store.transition, case_id, new, previous, datetime.now(UTC))
-            raise ProblemException(503, "The broker is not reachable; the status was not changed.",
-                                   kind="unavailable", headers={"Retry-After": "5"}) from exc
+        # Compare-and-set, with the event stored in the same transaction (outbox): of two concurrent reports only
+        # one moves the case, and a change is never left unannounced, whatever happens to the broker or to us.
+        if not await anyio.to_thread.run_sync(store.transition, case_id, previous, new, changed_at,
+                                              client.destination_id, event):
+            current = await anyio.to_thread.run_sync(store.case, case_id)
+            raise _conflict(CaseStatus(current.status) if current is not None else previous, new)
+        # The case's earlier unsent events (if any) go first: its events stay in order on the topic.
+        published = await publisher.flush(str(case_id), timeout_s=publisher.settings.status_publish_timeout_s)
         return StatusAccepted(case_id=case_id, status=new, previous_status=previous, event_id=event.event_id,
-                              changed_at=changed_at)
+                              changed_at=changed_at, published=published)
 
     @router.get("/destinations/{destination_id}/cases",
                 summary="The calling destination's cases (metadata; the cases themselves are on its topic)",
                 responses={401: PROBLEM, 403: PROBLEM, 404: PROBLEM, 422: PROBLEM})
     async def list_cases(
         destination_id: UUID,
+        request: Request,
         client: Annotated[ClientRecord, Depends(require(service.clients, "cases:read"))],
         status: Annotated[CaseStatus | None, Query(description="only cases in this status")] = None,
         since: Annotated[datetime | None, Query(description="only cases changed after this time (ISO 8601)")] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        cursor: Annotated[str | None, Query(max_length=200, description="opaque position: the `cursor` of the "
+                                                                        "previous page (or follow its `next`)")] = None,
     ) -> DestinationCaseList:
-        """Paged, least recently changed first. The full case (with the applicant's data) is the dispatched
-        event on ``ozg.dest.<destination_id>``; attachments come from intake's ``GET /v1/attachments/{id}``."""
+        """Keyset-paged, least recently changed first: a page goes on exactly where the previous one ended, so
+        cases added or changed meanwhile never shift or repeat a page (a changed case reappears at its new
+        position). The full case (with the applicant's data) is the dispatched event on
+        ``ozg.dest.<destination_id>``; attachments come from intake's ``GET /v1/attachments/{id}``."""
         if client.destination_id != destination_id:
             raise ProblemException(404, "No destination with this id.", kind="unknown-destination")
         if since is not None and since.utcoffset() is None:
             since = since.replace(tzinfo=UTC)
+        after = paging.decode(cursor) if cursor is not None else None
         cases = await anyio.to_thread.run_sync(
             lambda: store.destination_cases(destination_id, status=status, since=since, limit=limit + 1,
-                                            offset=offset))
-        more = len(cases) > limit
+                                            after=after))
+        page, more = cases[:limit], len(cases) > limit
+        position = paging.encode(page[-1].updated_at, page[-1].case_id) if page else cursor
+        next_link = None
+        if more and position is not None:
+            query = {"limit": limit, "cursor": position, "status": status.value if status else None,
+                     "since": since.isoformat() if since else None}
+            next_link = f"{request.url.path}?{urlencode({k: v for k, v in query.items() if v is not None})}"
         return DestinationCaseList(
             cases=[DestinationCase(case_id=c.case_id, reference=c.reference, leika_key=c.leika_key,
-                                   status=CaseStatus(c.status), updated_at=c.updated_at) for c in cases[:limit]],
-            next_offset=offset + limit if more else None,
+                                   status=CaseStatus(c.status), updated_at=c.updated_at) for c in page],
+            cursor=position, next=next_link,
         )
 
     return router

@@ -9,9 +9,11 @@ from fastapi import FastAPI
 
 from services.routing import api, handlers, status, webhooks
 from services.routing.directory import Directory
+from services.routing.publishing import OutboxPublisher
 from services.routing.registry import RoutingState
 from services.routing.settings import Settings
 from services.routing.store import RoutingStore
+from shared.outbox import periodic
 from shared.runtime import Service
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -24,8 +26,9 @@ def build(settings: Settings | None = None) -> tuple[Service, FastAPI]:
     # The directory is loaded at start-up: the imported one, or the fallback file while none is imported.
     state = RoutingState(RoutingStore(service.engine), Directory(gebietsstand=""),
                          fallback_directory=settings.directory_file, rules_dir=settings.rules_dir)
-    handlers.register(service, state, settings)
-    status.register(service, state, settings)
+    publisher = OutboxPublisher(service, state, settings)
+    handlers.register(service, state, publisher, settings)
+    status.register(service, publisher, settings)
 
     async def load() -> None:
         if settings.demo_destinations:
@@ -43,10 +46,11 @@ def build(settings: Settings | None = None) -> tuple[Service, FastAPI]:
     service.on_start.append(load)
     service.background.append(poll_for_changes)
     service.background.append(deliver_webhooks)
+    service.background.append(periodic("outbox sweep", settings.outbox_interval_s, publisher.sweep))
     app = service.create_app(
         title="OZG routing",
         description="Finds the competent authority for a service and a place and dispatches cases to it.",
         routers=[api.create_router(state), api.create_operator_router(service, state),
-                 api.create_destination_router(service, state)],
+                 api.create_destination_router(service, state, publisher)],
     )
     return service, app

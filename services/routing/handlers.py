@@ -19,6 +19,7 @@ from faststream.kafka import KafkaMessage
 from prometheus_client import Counter, Histogram
 
 from services.routing.dispatch import Outcome, decide
+from services.routing.publishing import OutboxPublisher
 from services.routing.registry import RoutingState
 from services.routing.settings import Settings
 from shared import events, topics, tracing
@@ -30,7 +31,7 @@ from shared.runtime import Service
 log = logging.getLogger(__name__)
 
 
-def register(service: Service, state: RoutingState, settings: Settings) -> None:
+def register(service: Service, state: RoutingState, publisher: OutboxPublisher, settings: Settings) -> None:
     """Subscribe the batch dispatcher on the service's broker."""
     broker = service.broker
     dispatch_latency = Histogram(
@@ -82,6 +83,9 @@ def register(service: Service, state: RoutingState, settings: Settings) -> None:
             await publish_all(broker, [item for _, outcome in outcomes for item in outcome.publish])
             await anyio.to_thread.run_sync(
                 state.store.record_many, [(event_id, o.case, o.clearing, o.webhook) for event_id, o in outcomes])
+            # Withdrawals that overtook their case apply now: after the dispatched events, which are on the topic.
+            withdrawn = await anyio.to_thread.run_sync(publisher.withdrawals.apply_early,
+                                                       [application.case_id for _, _, application in parsed])
         except Exception as exc:
             # The batch is redelivered (NACK seeks back); back off so a broker or database outage is no busy loop.
             failures += 1
@@ -91,6 +95,9 @@ def register(service: Service, state: RoutingState, settings: Settings) -> None:
             await asyncio.sleep(delay)
             raise
         failures = 0
+        for case_id in withdrawn:
+            # If the broker is away now, the outbox sweep publishes it later.
+            await publisher.flush(str(case_id), timeout_s=settings.status_publish_timeout_s)
         dispatched_at = datetime.now(UTC)
         submitted_at = {event_id: application.submitted_at for _, event_id, application in parsed}
         for event_id, outcome in outcomes:

@@ -1,10 +1,15 @@
-"""The case status model of SPEC §4 as data: which status a back office may report next, and withdrawal."""
+"""The case status model of SPEC §4 as data: which status a back office may report next, and withdrawal; the
+``status-changed`` event routing publishes for a change."""
 
 from __future__ import annotations
 
 from types import MappingProxyType
 
-from shared.events import CaseStatus
+from shared import events
+from shared.envelope import OutgoingEvent, build_event
+from shared.events import CaseStatus, CaseStatusChanged
+
+SOURCE = "/ozg/routing"
 
 S = CaseStatus
 
@@ -48,3 +53,9 @@ def may_report(current: CaseStatus, new: CaseStatus) -> bool:
 def may_withdraw(current: CaseStatus) -> bool:
     """Whether the applicant may still withdraw a case in ``current`` (before ``decided``)."""
     return current in WITHDRAWABLE
+
+
+def status_event(data: CaseStatusChanged, event_id: str | None = None) -> OutgoingEvent:
+    """A ``de.ozg.case.status-changed.v1`` event published by routing."""
+    return build_event(event_type=events.STATUS_CHANGED_V1, source=SOURCE, subject=str(data.case_id),
+                       data=data, time=data.changed_at, event_id=event_id)

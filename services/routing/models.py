@@ -354,13 +354,16 @@ class StatusReport(BaseModel):
 
 
 class StatusAccepted(BaseModel):
-    """The answer of ``POST /v1/cases/{case_id}/status``: the change was published on ``ozg.cases.status``."""
+    """The answer of ``POST /v1/cases/{case_id}/status``: the change is stored, its event with it (outbox)."""
 
     case_id: UUID
     status: CaseStatus
     previous_status: CaseStatus
     event_id: str
     changed_at: datetime
+    published: bool = PydField(description="true: the broker acknowledged the event before this answer; false: it "
+                                           "was not reachable in time and routing publishes the event later, "
+                                           "under this event_id")
 
 
 class DestinationCase(BaseModel):
@@ -377,7 +380,25 @@ class DestinationCaseList(BaseModel):
     """``GET /v1/destinations/{destination_id}/cases``: one page, oldest change first."""
 
     cases: list[DestinationCase]
-    next_offset: int | None = PydField(description="offset of the next page; null on the last page")
+    cursor: str | None = PydField(description="opaque position after this page: pass it as `cursor` to go on, "
+                                              "or keep it to poll for cases added or changed later; an empty "
+                                              "page answers the cursor it was given")
+    next: str | None = PydField(description="the next page (same filters and limit), relative to the API's base; "
+                                            "null on the last page")
+
+
+class EarlyWithdrawal(SQLModel, table=True):
+    """A withdrawal that reached routing before the case did; applied as soon as the case is routed.
+
+    No personal data: the status-changed event's data (ids, reference, statuses).
+    """
+
+    __tablename__ = "early_withdrawals"
+
+    case_id: UUID = Field(primary_key=True)
+    event_id: str = Field(max_length=200)
+    change: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    received_at: datetime = Field(default_factory=_now)
 
 
 class WebhookDelivery(SQLModel, table=True):
@@ -391,7 +412,7 @@ class WebhookDelivery(SQLModel, table=True):
     delivery_id: UUID = Field(primary_key=True)
     event_id: str = Field(max_length=200)
     destination_id: UUID = Field(index=True)
-    case_id: UUID
+    case_id: UUID = Field(index=True)
     headers: dict[str, str] = Field(sa_column=Column(JSON, nullable=False))
     body: str
     status: str = Field(default="pending", max_length=16, index=True)  # pending | delivered | failed

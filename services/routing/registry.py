@@ -99,6 +99,10 @@ class RoutingState:
             await ensure_topics(kafka, destination_topic_specs(destination_id))
             self._topics.add(destination_id)
 
+    def forget_topics(self) -> None:
+        """After a broker outage: a broker that lost its state comes back without the destinations' topics."""
+        self._topics.clear()
+
     def seed_demo_destinations(self, path: Path) -> None:
         """Register the demo back offices of ``make run`` (idempotent) and reload the index."""
         raw = json.loads(path.read_text(encoding="utf-8"))

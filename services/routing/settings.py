@@ -41,3 +41,11 @@ class Settings(ServiceSettings):
     webhook_batch: int = Field(default=50, ge=1)
     # Tests and local demos only: allow plain http to a loopback address.
     webhook_allow_http_loopback: bool = False
+    # Status changes: how long a report waits for the broker's acknowledgement before it answers 202 with
+    # "published": false (the outbox publishes the event later).
+    status_publish_timeout_s: float = Field(default=5.0, gt=0)
+    # The outbox sweep: how often, from what age an unsent event is the sweep's (younger ones may still be in a
+    # request's hands), and how long sent events are kept.
+    outbox_interval_s: float = Field(default=5.0, gt=0)
+    outbox_after_s: float = Field(default=10.0, ge=0)
+    outbox_keep_sent_s: float = Field(default=24 * 3600.0, ge=0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from uuid import UUID
 
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine, tuple_, update
 from sqlmodel import Session, col, select
 
 from services.routing.directory import Directory, Gemeinde, Kreis, Land, Verband
@@ -22,8 +22,11 @@ from services.routing.models import (
     RoutedCase,
     WebhookDelivery,
 )
+from shared import topics
+from shared.envelope import OutgoingEvent
 from shared.events import CaseStatus
 from shared.idempotency import ProcessedEvent, first_delivery
+from shared.outbox import stage
 
 
 class RoutingStore:
@@ -164,39 +167,41 @@ class RoutingStore:
             return session.get(RoutedCase, case_id)
 
     def transition(
-        self, case_id: UUID, expected: CaseStatus, new: CaseStatus, at: datetime,
-        destination_id: UUID | None = None,
+        self, case_id: UUID, expected: CaseStatus, new: CaseStatus, at: datetime, destination_id: UUID,
+        announce: OutgoingEvent,
     ) -> bool:
-        """Compare-and-set the status of a case: only when it still is ``expected`` (and, given a destination,
-        still dispatched to it). Of two concurrent changes of one case exactly one wins; False for the loser."""
+        """Compare-and-set the status of a case dispatched to ``destination_id``: only when it still is
+        ``expected``. Of two concurrent changes of one case exactly one wins; False for the loser. The event
+        ``announce`` goes into the outbox in the same transaction, so the change is never left unannounced."""
         statement = update(RoutedCase).where(
             col(RoutedCase.case_id) == case_id, col(RoutedCase.status) == str(expected),
+            col(RoutedCase.destination_id) == destination_id,
         ).values(status=str(new), updated_at=at)
-        if destination_id is not None:
-            statement = statement.where(col(RoutedCase.destination_id) == destination_id)
-        with self.engine.begin() as connection:
-            return connection.execute(statement).rowcount == 1
+        with Session(self.engine) as session:
+            if session.exec(statement).rowcount != 1:
+                return False
+            stage(session, topics.CASE_STATUS, announce)
+            session.commit()
+            return True
 
     def status_processed(self, event_id: str) -> bool:
         """Whether the status consumer has taken this event into effect before."""
         with Session(self.engine) as session:
             return session.get(ProcessedEvent, (self.STATUS_CONSUMER, event_id)) is not None
 
-    def mark_status_processed(self, event_id: str) -> None:
-        """Record that the status consumer is done with an event (idempotent)."""
-        with Session(self.engine) as session:
-            if first_delivery(session, self.STATUS_CONSUMER, event_id):
-                session.commit()
-
     def destination_cases(
-        self, destination_id: UUID, *, status: CaseStatus | None, since: datetime | None, limit: int, offset: int,
+        self, destination_id: UUID, *, status: CaseStatus | None, since: datetime | None, limit: int,
+        after: tuple[datetime, UUID] | None = None,
     ) -> list[RoutedCase]:
-        """The cases dispatched to a destination, least recently changed first."""
+        """The cases dispatched to a destination, least recently changed first (then by case id), from the
+        position ``after`` on (keyset paging: rows inserted meanwhile never shift a page)."""
         with Session(self.engine) as session:
             query = select(RoutedCase).where(col(RoutedCase.destination_id) == destination_id)
             if status is not None:
                 query = query.where(col(RoutedCase.status) == str(status))
             if since is not None:
                 query = query.where(col(RoutedCase.updated_at) > since)
+            if after is not None:
+                query = query.where(tuple_(col(RoutedCase.updated_at), col(RoutedCase.case_id)) > tuple_(*after))
             query = query.order_by(col(RoutedCase.updated_at), col(RoutedCase.case_id))
-            return list(session.exec(query.offset(offset).limit(limit)).all())
+            return list(session.exec(query.limit(limit)).all())

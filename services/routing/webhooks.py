@@ -1,15 +1,17 @@
-"""Webhook delivery (SPEC §5): each event dispatched to a destination with a webhook is POSTed to it, signed.
+"""Webhook delivery (SPEC §5): each event routing sends to a destination with a webhook (the dispatched case, a
+withdrawal) is POSTed to it as well, signed, in the order of the case's events.
 
 The body is the event's JSON data, its CloudEvents attributes travel as ``ce-*`` HTTP headers (the CloudEvents HTTP
 binary mode), ``X-OZG-Timestamp`` carries Unix seconds and ``X-OZG-Signature`` the hex HMAC-SHA512 of
 ``timestamp + "." + body`` under the destination's secret.
 
-A delivery row is written in the same transaction as the routing decision, so the schedule survives restarts and
-crashes. A background job claims due deliveries by compare-and-set on their due time (a lease: a replica that dies
-mid-attempt leaves a delivery that becomes due again), attempts them, and records every attempt. Timeouts,
-connection errors and 5xx are retried with exponential back-off and jitter until ``webhook_max_age_s`` (24 h)
-after the dispatch; any other answer outside 2xx fails at once. A failed delivery is flagged (``status = failed``,
-counted, logged) for an operator; the event stays on the destination's Kafka topic either way.
+A delivery row is written in the same transaction as the routing decision (or the withdrawal), so the schedule
+survives restarts and crashes. A background job claims due deliveries by compare-and-set on their due time (a
+lease: a replica that dies mid-attempt leaves a delivery that becomes due again), attempts them, and records every
+attempt. Timeouts, connection errors and 5xx are retried with exponential back-off and jitter until
+``webhook_max_age_s`` (24 h) after the dispatch; any other answer outside 2xx fails at once. A failed delivery is
+flagged (``status = failed``, counted, logged) for an operator; the event stays on the destination's Kafka topic
+either way.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from urllib.parse import urlsplit
 import anyio.to_thread
 import httpx
 from prometheus_client import CollectorRegistry, Counter
-from sqlalchemy import Engine, update
+from sqlalchemy import Engine, exists, update
+from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
 from services.routing.models import Destination, WebhookAttempt, WebhookDelivery
@@ -91,9 +94,17 @@ class WebhookStore:
         self.engine = engine
 
     def due(self, now: datetime, limit: int) -> list[WebhookDelivery]:
+        """Deliveries due now; one waits while an earlier delivery of its case to the same destination is still
+        pending, so a back office never gets a case's withdrawal before the case itself."""
+        earlier = aliased(WebhookDelivery)
+        blocked = exists().where(
+            col(earlier.case_id) == col(WebhookDelivery.case_id),
+            col(earlier.destination_id) == col(WebhookDelivery.destination_id),
+            col(earlier.status) == PENDING, col(earlier.created_at) < col(WebhookDelivery.created_at),
+        )
         with Session(self.engine) as session:
             query = select(WebhookDelivery).where(
-                col(WebhookDelivery.status) == PENDING, col(WebhookDelivery.next_attempt_at) <= now,
+                col(WebhookDelivery.status) == PENDING, col(WebhookDelivery.next_attempt_at) <= now, ~blocked,
             ).order_by(col(WebhookDelivery.next_attempt_at)).limit(limit)
             return list(session.exec(query).all())
 

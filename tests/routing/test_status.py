@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from services.routing.app import build
@@ -193,7 +194,20 @@ async def test_destinations_see_and_change_only_their_own_cases(
         assert listed[0]["status"] == "received"
 
 
-async def test_pull_api_pages_and_filters(settings: Settings, kafka_settings: KafkaSettings) -> None:
+async def pages(client: httpx.AsyncClient, url: str, key: str, **params: Any) -> list[list[str]]:
+    """Every page of a listing, following the ``next`` links from the first."""
+    answer = await client.get(url, params=params, headers=bearer(key))
+    result: list[list[str]] = []
+    while True:
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        result.append([c["case_id"] for c in body["cases"]])
+        if body["next"] is None:
+            return result
+        answer = await client.get(body["next"], headers=bearer(key))
+
+
+async def test_pull_api_pages_by_cursor_and_filters(settings: Settings, kafka_settings: KafkaSettings) -> None:
     service, app = build(settings)
     async with running(service, app) as client:
         destination = uuid.uuid4()
@@ -202,21 +216,11 @@ async def test_pull_api_pages_and_filters(settings: Settings, kafka_settings: Ka
         add_case(service, uuid.uuid4())  # someone else's
         url = f"/v1/destinations/{destination}/cases"
 
-        seen: list[str] = []
-        offset: int | None = 0
-        pages = 0
-        while offset is not None:
-            page = await client.get(url, params={"limit": 2, "offset": offset}, headers=bearer(key))
-            assert page.status_code == 200, page.text
-            body = page.json()
-            assert len(body["cases"]) <= 2
-            seen += [c["case_id"] for c in body["cases"]]
-            offset = body["next_offset"]
-            pages += 1
-        assert pages == 3
-        assert sorted(seen) == sorted(str(c) for c in created)
-        first = (await client.get(url, headers=bearer(key))).json()["cases"][0]
-        assert set(first) == {"case_id", "reference", "leika_key", "status", "updated_at"}
+        walked = await pages(client, url, key, limit=2)
+        assert walked == [[str(c) for c in created[0:2]], [str(c) for c in created[2:4]], [str(created[4])]]
+        first = (await client.get(url, headers=bearer(key))).json()
+        assert set(first["cases"][0]) == {"case_id", "reference", "leika_key", "status", "updated_at"}
+        assert first["next"] is None
 
         before = datetime.now(UTC)
         changed = created[2]
@@ -226,10 +230,57 @@ async def test_pull_api_pages_and_filters(settings: Settings, kafka_settings: Ka
         assert [c["case_id"] for c in received] == [str(changed)]
         recent = (await client.get(url, params={"since": before.isoformat()}, headers=bearer(key))).json()["cases"]
         assert [c["case_id"] for c in recent] == [str(changed)]
-        routed = (await client.get(url, params={"status": "routed"}, headers=bearer(key))).json()["cases"]
-        assert len(routed) == 4
+        # The next links keep the filters.
+        routed = await pages(client, url, key, status="routed", limit=3)
+        assert routed == [[str(c) for c in (created[0], created[1], created[3])], [str(created[4])]]
         assert (await client.get(url, params={"limit": 0}, headers=bearer(key))).status_code == 422
         assert (await client.get(url, params={"status": "nonsense"}, headers=bearer(key))).status_code == 422
+        for bad in ("nonsense", "bm9uc2Vuc2U", "MjAyNi0wMS0wMXx4"):
+            refused = await client.get(url, params={"cursor": bad}, headers=bearer(key))
+            assert refused.status_code == 422, refused.text
+            assert refused.json()["errors"][0]["parameter"] == "cursor"
+
+
+async def test_cursor_pages_are_stable_under_concurrent_changes(
+    settings: Settings, kafka_settings: KafkaSettings
+) -> None:
+    service, app = build(settings)
+    async with running(service, app) as client:
+        destination = uuid.uuid4()
+        key = await destination_key(kafka_settings, service, destination)
+        created = [add_case(service, destination) for _ in range(6)]
+        url = f"/v1/destinations/{destination}/cases"
+        first = (await client.get(url, params={"limit": 3}, headers=bearer(key))).json()
+        assert [c["case_id"] for c in first["cases"]] == [str(c) for c in created[:3]]
+        # Between two pages: new cases arrive, one on the first page changes (an offset would now skip or repeat).
+        newer = [add_case(service, destination) for _ in range(2)]
+        assert (await client.post(f"/v1/cases/{created[0]}/status", json=body_for(S.RECEIVED),
+                                  headers=bearer(key))).status_code == 202
+        rest: list[str] = []
+        answer = await client.get(first["next"], headers=bearer(key))
+        while True:
+            body = answer.json()
+            rest += [c["case_id"] for c in body["cases"]]
+            if body["next"] is None:
+                break
+            answer = await client.get(body["next"], headers=bearer(key))
+        # Nothing of the first page again except the changed case, at its new place; nothing skipped.
+        assert rest == [str(c) for c in (*created[3:], *newer, created[0])]
+        # The last cursor polls for what comes later: nothing now, the next change then.
+        idle = (await client.get(url, params={"cursor": body["cursor"]}, headers=bearer(key))).json()
+        assert idle == {"cases": [], "cursor": body["cursor"], "next": None}
+        assert (await client.post(f"/v1/cases/{created[1]}/status", json=body_for(S.RECEIVED),
+                                  headers=bearer(key))).status_code == 202
+        later = (await client.get(url, params={"cursor": body["cursor"]}, headers=bearer(key))).json()
+        assert [c["case_id"] for c in later["cases"]] == [str(created[1])]
+        # Another destination's cursor or listing shows nothing of these.
+        other = uuid.uuid4()
+        other_key = await destination_key(kafka_settings, service, other)
+        foreign = await client.get(f"/v1/destinations/{other}/cases", params={"cursor": first["cursor"]},
+                                   headers=bearer(other_key))
+        assert foreign.json()["cases"] == []
+        assert (await client.get(url, params={"cursor": first["cursor"]},
+                                 headers=bearer(other_key))).status_code == 404
 
 
 async def test_the_full_loop(settings: Settings, kafka_settings: KafkaSettings) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import http.server
@@ -9,6 +10,7 @@ import json
 import threading
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +25,12 @@ from services.routing.settings import Settings
 from services.routing.store import RoutingStore
 from services.routing.webhooks import WebhookStore, sign
 from shared import events, topics
-from shared.envelope import build_event
-from shared.events import ClientKind
+from shared.envelope import build_event, parse_event
+from shared.events import ApplicationSubmitted, CaseStatus, CaseStatusChanged, ClientKind
 from shared.runtime import Service
 from shared.settings import KafkaSettings
 from tests.factories import WOHNSITZ, submitted
-from tests.support import issue_key, produce, running, wait_until
+from tests.support import consume, issue_key, produce, running, wait_until
 
 SECRET = "a-long-webhook-secret-for-tests"
 
@@ -43,7 +45,8 @@ def verify(secret: str, timestamp: str, body: bytes, signature: str, now: float 
 
 
 class BackOffice:
-    """A threaded HTTP server answering from a script of (status, delay) and recording every request."""
+    """A threaded HTTP server as a back office: it verifies each request as the README documents (401 if that
+    fails), otherwise answers from a script of (status, delay); it records every request."""
 
     def __init__(self, script: list[tuple[int, float]]) -> None:
         self.script = list(script)
@@ -53,8 +56,11 @@ class BackOffice:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
-                office.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                office.requests.append((headers, body))
                 status, delay = office.script.pop(0) if office.script else (200, 0.0)
+                if not verify(SECRET, headers.get("x-ozg-timestamp", ""), body, headers.get("x-ozg-signature", "")):
+                    status, delay = 401, 0.0
                 time.sleep(delay)
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
@@ -96,11 +102,15 @@ def register(service: Service, destination_id: uuid.UUID, url: str) -> None:
         leika_keys=[WOHNSITZ], webhook_url=url, webhook_secret=SECRET))
 
 
-async def submit(kafka: KafkaSettings) -> uuid.UUID:
-    application = submitted(WOHNSITZ, {"postal_code": "93309", "place": "Kelheim"})
+async def produce_submitted(kafka: KafkaSettings, application: ApplicationSubmitted) -> None:
     event = build_event(event_type=events.SUBMITTED_V1, source="/test", subject=str(application.case_id),
                         data=application)
     await produce(kafka, topics.SUBMITTED, event.value, event.headers, event.key)
+
+
+async def submit(kafka: KafkaSettings) -> uuid.UUID:
+    application = submitted(WOHNSITZ, {"postal_code": "93309", "place": "Kelheim"})
+    await produce_submitted(kafka, application)
     return application.case_id
 
 
@@ -113,6 +123,12 @@ async def knows(client: httpx.AsyncClient, destination_id: uuid.UUID) -> bool:
 def delivery_of(service: Service, case_id: uuid.UUID) -> WebhookDelivery | None:
     with Session(service.engine) as session:
         return session.exec(select(WebhookDelivery).where(col(WebhookDelivery.case_id) == case_id)).first()
+
+
+def deliveries_of(service: Service, case_id: uuid.UUID) -> list[WebhookDelivery]:
+    with Session(service.engine) as session:
+        query = select(WebhookDelivery).where(col(WebhookDelivery.case_id) == case_id)
+        return list(session.exec(query.order_by(col(WebhookDelivery.created_at))).all())
 
 
 def settled(service: Service, case_id: uuid.UUID) -> WebhookDelivery | None:
@@ -216,3 +232,80 @@ async def test_a_timeout_is_retried_after_a_restart_of_routing(
             assert [(a.attempt, a.outcome, a.error) for a in attempts] == [(1, "retry", "timeout"),
                                                                             (2, "delivered", None)]
         assert len(office.requests) == 2
+
+
+async def test_a_withdrawal_before_routing_reaches_topic_and_webhook_after_the_case(
+    settings: Settings, kafka_settings: KafkaSettings, destination_id: uuid.UUID
+) -> None:
+    # The case's first push fails: its withdrawal must wait for the case's retry, never overtake it.
+    with BackOffice([(500, 0.0)]) as office:
+        service, app = build(settings)
+        async with running(service, app) as client:
+            register(service, destination_id, office.url)
+            await wait_until(lambda: knows(client, destination_id))
+            application = submitted(WOHNSITZ, {"postal_code": "93309", "place": "Kelheim"})
+            case_id = application.case_id
+            withdrawal = build_event(
+                event_type=events.STATUS_CHANGED_V1, source="/ozg/intake", subject=str(case_id),
+                data=CaseStatusChanged(case_id=case_id, reference=application.reference, status=CaseStatus.WITHDRAWN,
+                                       previous_status=CaseStatus.SUBMITTED, leika_key=WOHNSITZ,
+                                       changed_at=datetime.now(UTC)))
+            # The withdrawal overtakes the submission (they travel on different topics): kept, not dropped.
+            await produce(kafka_settings, topics.CASE_STATUS, withdrawal.value, withdrawal.headers, withdrawal.key)
+            store = RoutingStore(service.engine)
+            await wait_until(lambda: store.status_processed(withdrawal.event_id))
+            assert store.case(case_id) is None
+
+            await produce_submitted(kafka_settings, application)
+            await wait_until(lambda: getattr(store.case(case_id), "status", None) == CaseStatus.WITHDRAWN)
+            # Redelivered: changes nothing, forwards nothing again.
+            await produce(kafka_settings, topics.CASE_STATUS, withdrawal.value, withdrawal.headers, withdrawal.key)
+
+            def both_delivered() -> list[WebhookDelivery] | None:
+                rows = deliveries_of(service, case_id)
+                return rows if len(rows) == 2 and all(r.status == "delivered" for r in rows) else None
+
+            await wait_until(both_delivered)
+            on_topic = await consume(kafka_settings, topics.destination_topic(destination_id), 2,
+                                     predicate=lambda r: r.key == str(case_id).encode())
+            types = [dict(r.headers)["ce_type"].decode() for r in on_topic]
+            assert types == [events.DISPATCHED_V1, events.STATUS_CHANGED_V1]
+            forwarded = parse_event(on_topic[1].headers, on_topic[1].value).data_as(CaseStatusChanged)
+            assert (forwarded.status, forwarded.destination_id) == (CaseStatus.WITHDRAWN, destination_id)
+            # Once routed and withdrawn, the case is the destination's to see as such, and nothing moves it.
+            _, key = await issue_key(kafka_settings, ClientKind.DESTINATION, service=service,
+                                     destination_id=destination_id)
+            moved = await client.post(f"/v1/cases/{case_id}/status", json={"status": "received"},
+                                      headers={"Authorization": f"Bearer {key}"})
+            assert moved.status_code == 409
+            await asyncio.sleep(0.5)  # time for a wrongly repeated forward to show up
+            assert len(deliveries_of(service, case_id)) == 2
+
+        pushed = [(h, b) for h, b in office.requests if h["ce-subject"] == str(case_id)]
+        assert [(h["ce-type"], json.loads(b).get("status")) for h, b in pushed] == [
+            (events.DISPATCHED_V1, None), (events.DISPATCHED_V1, None), (events.STATUS_CHANGED_V1, "withdrawn")]
+        withdrawn_headers, withdrawn_body = pushed[-1]
+        assert withdrawn_headers["ce-id"] == dict(on_topic[1].headers)["ce_id"].decode()
+        assert verify(SECRET, withdrawn_headers["x-ozg-timestamp"], withdrawn_body,
+                      withdrawn_headers["x-ozg-signature"])
+
+
+async def test_a_request_failing_verification_is_refused_by_the_back_office(
+    settings: Settings, kafka_settings: KafkaSettings, destination_id: uuid.UUID
+) -> None:
+    with BackOffice([]) as office:
+        service, app = build(settings)
+        async with running(service, app) as client:
+            register(service, destination_id, office.url)
+            # Routing signs with another secret than the back office knows: the documented check refuses it.
+            with Session(service.engine) as session:
+                row = session.get_one(Destination, destination_id)
+                row.webhook_secret = "not-the-secret-the-back-office-has"
+                session.add(row)
+                session.commit()
+            await wait_until(lambda: knows(client, destination_id))
+            case_id = await submit(kafka_settings)
+            delivery = await wait_until(lambda: settled(service, case_id))
+            assert delivery.status == "failed"
+            assert delivery.last_error == "HTTP 401"
+        assert len(office.requests) == 1
