@@ -363,3 +363,28 @@ async def test_withdrawal_is_applied_and_forwarded_to_the_destination(
         await produce(kafka_settings, topics.CASE_STATUS, late.value, late.headers, late.key)
         await wait_until(lambda: store.status_processed(late_id))
         assert status_of(service, decided) == S.DECIDED
+
+
+async def test_a_withdrawn_case_leaves_clearing(settings: Settings, kafka_settings: KafkaSettings) -> None:
+    service, app = build(settings)
+    async with running(service, app) as client:
+        _, operator = await issue_key(kafka_settings, ClientKind.OPERATOR, service=service)
+        application = submitted(WOHNSITZ, {"postal_code": "86695"})  # ambiguous: waits in clearing
+        event = build_event(event_type=events.SUBMITTED_V1, source="/test", subject=str(application.case_id),
+                            data=application)
+        await produce(kafka_settings, topics.SUBMITTED, event.value, event.headers, event.key)
+        case_id = application.case_id
+        store = RoutingStore(service.engine)
+        await wait_until(lambda: store.clearing_case(case_id) is not None)
+
+        event_id, withdrawn = withdrawal(case_id, S.UNROUTABLE)
+        await produce(kafka_settings, topics.CASE_STATUS, withdrawn.value, withdrawn.headers, withdrawn.key)
+        await wait_until(lambda: store.status_processed(event_id))
+        assert status_of(service, case_id) == S.WITHDRAWN
+        # The kept application (personal data) is gone, and nobody can route the case by hand any more.
+        assert store.clearing_case(case_id) is None
+        listed = (await client.get("/v1/clearing", headers=bearer(operator))).json()["cases"]
+        assert str(case_id) not in [c["case_id"] for c in listed]
+        by_hand = await client.post(f"/v1/clearing/{case_id}", headers=bearer(operator),
+                                    json={"destination_id": str(STADT_KELHEIM), "region": {"ags": "09273137"}})
+        assert by_hand.status_code == 404

@@ -309,3 +309,13 @@ async def test_a_request_failing_verification_is_refused_by_the_back_office(
             assert delivery.status == "failed"
             assert delivery.last_error == "HTTP 401"
         assert len(office.requests) == 1
+        # A correctly signed request with a stale timestamp (a replay) is refused all the same.
+        headers, body = office.requests[0]
+        stale = str(int(time.time()) - 301)
+        async with httpx.AsyncClient() as http:
+            replayed = await http.post(office.url, content=body, headers={
+                **headers, "x-ozg-timestamp": stale, "x-ozg-signature": sign(SECRET, stale, body)})
+            fresh = str(int(time.time()))
+            signed = await http.post(office.url, content=body, headers={
+                **headers, "x-ozg-timestamp": fresh, "x-ozg-signature": sign(SECRET, fresh, body)})
+        assert (replayed.status_code, signed.status_code) == (401, 200)
