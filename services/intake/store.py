@@ -20,6 +20,11 @@ from shared.idempotency import first_delivery
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
+def _utc(moment: datetime) -> datetime:
+    # SQLite hands back naive datetimes (stored in UTC); events carry aware ones.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
 def new_reference(now: datetime | None = None) -> str:
     """A human-readable case reference such as ``OZG-2026-8F3K-2QXD`` (40 random bits)."""
     year = (now or datetime.now(UTC)).year
@@ -141,7 +146,8 @@ class IntakeStore:
             if case is None or case.client_id != client_id or case.state != CaseState.ACCEPTED:
                 return None
             history = session.exec(
-                select(CaseHistory).where(CaseHistory.case_id == case_id).order_by(col(CaseHistory.id))
+                select(CaseHistory).where(CaseHistory.case_id == case_id)
+                .order_by(col(CaseHistory.at), col(CaseHistory.id))
             ).all()
             return CasePublic(
                 case_id=case.case_id, reference=case.reference, leika_key=case.leika_key, status=case.status,
@@ -169,8 +175,12 @@ class IntakeStore:
             if case is None:
                 session.commit()
                 return False
-            case.status = status
-            case.updated_at = at
+            # A case's events travel on different topics (routed, unroutable, status), so they may be read out of
+            # order (a consumer restarting, one partition lagging): the latest event in time sets the status, an
+            # earlier one only joins the history.
+            if _utc(at) >= _utc(case.updated_at):
+                case.status = status
+                case.updated_at = at
             if destination_id is not None:
                 case.destination_id = destination_id
             session.add(case)

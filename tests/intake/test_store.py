@@ -5,10 +5,14 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 
+from sqlalchemy import Engine
+from sqlmodel import Session
+
 from services.intake.app import MIGRATIONS
 from services.intake.models import Attachment, Case, CaseState
 from services.intake.store import AttachmentsTaken, IntakeStore, Reserved, new_reference
 from shared import db
+from shared.events import CaseStatus
 
 
 def candidate(client_id: uuid.UUID, key: str, at: datetime) -> Case:
@@ -17,10 +21,14 @@ def candidate(client_id: uuid.UUID, key: str, at: datetime) -> Case:
                 event_id=str(uuid.uuid4()), submission="{}")
 
 
-def test_binding_release_outbox_and_sweep(database_url: str) -> None:
+def migrated(database_url: str) -> tuple[Engine, IntakeStore]:
     engine = db.make_engine(database_url)
     db.migrate(engine, MIGRATIONS, "intake")
-    store = IntakeStore(engine)
+    return engine, IntakeStore(engine)
+
+
+def test_binding_release_outbox_and_sweep(database_url: str) -> None:
+    engine, store = migrated(database_url)
     client, other = uuid.uuid4(), uuid.uuid4()
     long_ago = datetime.now(UTC) - timedelta(days=2)
     files = [Attachment(attachment_id=uuid.uuid4(), client_id=client, filename="a.pdf", media_type="application/pdf",
@@ -56,4 +64,30 @@ def test_binding_release_outbox_and_sweep(database_url: str) -> None:
     assert store.forget_unreferenced(orphan_id) is True
     assert store.forget_unreferenced(orphan_id) is False
     assert store.forget_unreferenced(ids[0]) is False  # referenced: kept
+    engine.dispose()
+
+
+def test_status_events_read_out_of_order_keep_the_latest_status(database_url: str) -> None:
+    """routed and status-changed travel on different topics: a restarted consumer may read them in either order."""
+    engine, store = migrated(database_url)
+    client, destination = uuid.uuid4(), uuid.uuid4()
+    submitted_at = datetime.now(UTC) - timedelta(minutes=5)
+    reserved = store.reserve(candidate(client, "k", submitted_at), [])
+    assert isinstance(reserved, Reserved)
+    case_id = reserved.case.case_id
+    store.accept(case_id)
+    routed_at, received_at = submitted_at + timedelta(seconds=1), submitted_at + timedelta(seconds=2)
+
+    assert store.record_status("received-event", case_id, CaseStatus.RECEIVED, received_at)
+    assert store.record_status("routed-event", case_id, CaseStatus.ROUTED, routed_at, "Stadt Kelheim", destination)
+    assert not store.record_status("routed-event", case_id, CaseStatus.ROUTED, routed_at)  # a redelivery
+
+    case = store.get(case_id, client)
+    assert case is not None
+    assert case.status == CaseStatus.RECEIVED
+    assert [entry.status for entry in case.history] == [CaseStatus.SUBMITTED, CaseStatus.ROUTED, CaseStatus.RECEIVED]
+    with Session(engine) as session:
+        row = session.get(Case, case_id)
+        assert row is not None
+        assert row.destination_id == destination  # the routed event still names the destination
     engine.dispose()
