@@ -5,6 +5,7 @@ so a key issued or revoked with ``python -m shared.clients`` works, or stops wor
 """
 
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -12,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated
 from uuid import UUID
 
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from faststream import AckPolicy
@@ -22,6 +24,7 @@ from shared.envelope import InvalidEvent
 from shared.events import ClientKind, ClientRecord
 from shared.kafka import read_event
 from shared.problems import ProblemException
+from shared.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,46 @@ class ClientDirectory:
     def __init__(self) -> None:
         self._by_hash: dict[str, ClientRecord] = {}
         self._by_id: dict[UUID, ClientRecord] = {}
+        # Next offset to read per partition of ozg.clients, and the end offsets found when the service connected.
+        self._read: dict[int, int] = {}
+        self._ends: dict[int, int] | None = None
+        self._complete = asyncio.Event()
+
+    @property
+    def complete(self) -> bool:
+        """Whether this copy holds every record ``ozg.clients`` held when the service connected."""
+        return self._complete.is_set()
+
+    def _advance(self, partition: int, offset: int) -> None:
+        self._read[partition] = max(self._read.get(partition, 0), offset + 1)
+        self._check_complete()
+
+    def _check_complete(self) -> None:
+        if self._ends is not None and all(self._read.get(p, 0) >= end for p, end in self._ends.items()):
+            self._complete.set()
+
+    async def catch_up(self, settings: KafkaSettings, timeout_s: float) -> None:
+        """Wait until every record on ``ozg.clients`` right now has been read.
+
+        Until then an unknown key may just not be read yet: a restarted service would answer 401 to valid keys.
+        """
+        if self.complete:
+            return
+        consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
+                                    request_timeout_ms=settings.request_timeout_ms)
+        await consumer.start()
+        try:
+            await consumer.topics()  # fetches the metadata of every topic
+            partitions = [TopicPartition(topics.CLIENTS, p)
+                          for p in consumer.partitions_for_topic(topics.CLIENTS) or ()]
+            starts = await consumer.beginning_offsets(partitions)
+            ends = await consumer.end_offsets(partitions)
+        finally:
+            await consumer.stop()
+        # A partition whose records were all deleted has nothing to read.
+        self._ends = {tp.partition: end for tp, end in ends.items() if end > starts[tp]}
+        self._check_complete()
+        await asyncio.wait_for(self._complete.wait(), timeout_s)
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -78,6 +121,10 @@ class ClientDirectory:
         """Follow ``ozg.clients`` on ``broker`` from the beginning, without a consumer group."""
 
         async def on_client(msg: KafkaMessage) -> None:
+            record = msg.raw_message
+            if isinstance(record, ConsumerRecord):
+                # Counted as read before it is applied (nothing awaits in between); a bad record is read too.
+                self._advance(record.partition, record.offset)
             try:
                 envelope = read_event(msg)
                 if envelope.type not in (events.CLIENT_REGISTERED_V1, events.CLIENT_REVOKED_V1):
@@ -108,6 +155,10 @@ def require(directory: ClientDirectory, scope: str) -> Authenticator:
             raise ProblemException(401, "An API key is required (Authorization: Bearer ...).",
                                    kind="unauthenticated", headers=challenge)
         client = directory.authenticate(credentials.credentials)
+        if client is None and not directory.complete:
+            # The key may be one not read yet (a service just restarted): not a verdict on the key.
+            raise ProblemException(503, "The service is still reading its client directory; retry shortly.",
+                                   kind="not-ready", headers={"Retry-After": "1"})
         if client is None:
             raise ProblemException(401, "The API key is unknown or revoked.", kind="unauthenticated",
                                    headers=challenge)

@@ -28,6 +28,8 @@ from shared.tracing import TraceASGIMiddleware
 log = logging.getLogger(__name__)
 
 BackgroundTask = Callable[[], Awaitable[None]]
+# How long a start may take to read ozg.clients before it counts as failed and is retried.
+CLIENTS_CATCH_UP_S = 60.0
 
 
 class Service:
@@ -68,6 +70,8 @@ class Service:
             try:
                 await topics.ensure_topics(self.settings.kafka, self.topic_specs)
                 await self.broker.start()
+                # Ready only with every client key read: before that, a valid key would look unknown.
+                await self.clients.catch_up(self.settings.kafka, timeout_s=CLIENTS_CATCH_UP_S)
             except Exception as exc:  # noqa: BLE001 - any failure to connect is retried
                 log.warning("broker not reachable, retrying", extra={"error": type(exc).__name__,
                                                                        "retry_in_s": delay})
