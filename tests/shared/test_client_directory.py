@@ -27,7 +27,8 @@ async def test_catch_up_returns_once_every_key_issued_before_is_known(kafka_sett
     with pytest.raises(ProblemException) as early:
         await authenticate(unknown)
     assert early.value.status == 503
-    assert early.value.headers is not None and "Retry-After" in early.value.headers
+    assert early.value.headers is not None
+    assert "Retry-After" in early.value.headers
 
     await broker.start()
     try:
