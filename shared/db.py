@@ -12,7 +12,12 @@ from sqlmodel import create_engine
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine for ``url``; SQLite gets WAL and a busy timeout so API threads and consumers can share it."""
+    """An engine for ``url``; SQLite gets WAL and a busy timeout so API threads and consumers can share it.
+
+    Error messages leave out the statement's parameters: they hold personal data, and an error's text travels
+    into logs and dead-letter headers.
+    """
+    kwargs.setdefault("hide_parameters", True)
     if url.startswith("sqlite"):
         database = url.split("///", 1)[-1]
         if database and database != ":memory:":
