@@ -30,8 +30,12 @@ system-tools:
 	@command -v promtool >/dev/null && command -v docker-compose >/dev/null || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus docker-compose; }
 
+# The suite mostly waits (group joins, polling), so three workers share two cores well; one file per worker
+# keeps module-scoped fixtures (a broker, a running system) together.
+PYTEST_WORKERS ?= 3
+
 pytest: $(STAMP) system-tools
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 test: lint typecheck contracts pytest
 
