@@ -8,7 +8,6 @@ so a key issued or revoked with ``python -m shared.clients`` works, or stops wor
 import asyncio
 import hashlib
 import hmac
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 from uuid import UUID
@@ -25,8 +24,6 @@ from shared.events import ClientKind, ClientRecord
 from shared.kafka import read_event
 from shared.problems import ProblemException
 from shared.settings import KafkaSettings
-
-log = logging.getLogger(__name__)
 
 KEY_PREFIX = "ozg_"
 
@@ -125,14 +122,12 @@ class ClientDirectory:
             if isinstance(record, ConsumerRecord):
                 # Counted as read before it is applied (nothing awaits in between); a bad record is read too.
                 self._advance(record.partition, record.offset)
-            try:
-                envelope = read_event(msg)
-                if envelope.type not in (events.CLIENT_REGISTERED_V1, events.CLIENT_REVOKED_V1):
-                    raise InvalidEvent(f"unexpected type {envelope.type} on {topics.CLIENTS}")
-                self.apply(envelope.data_as(ClientRecord))
-            except InvalidEvent as exc:
-                # Without a group there is no commit; a bad record is skipped and reported, never applied.
-                log.error("ignored invalid client record", extra={"error": str(exc)})
+            # A bad record is never applied: the dead-letter middleware moves it to ozg.clients.dlq. Without a group
+            # nothing is committed, so each service reports it again at each start while it is in the topic.
+            envelope = read_event(msg)
+            if envelope.type not in (events.CLIENT_REGISTERED_V1, events.CLIENT_REVOKED_V1):
+                raise InvalidEvent(f"unexpected type {envelope.type} on {topics.CLIENTS}")
+            self.apply(envelope.data_as(ClientRecord))
 
         broker.subscriber(
             topics.CLIENTS, auto_offset_reset="earliest", ack_policy=AckPolicy.ACK_FIRST

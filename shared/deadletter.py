@@ -1,7 +1,8 @@
 """Retry-then-dead-letter: the one middleware every consumer runs under.
 
 A message whose handler raises is retried a bounded number of times with exponential back-off (the partition
-waits, so order is kept); a poison message (InvalidEvent) is not retried at all. Then the original record goes to
+waits, so order is kept); a poison message (InvalidEvent, or a value longer than ``max_event_bytes``, which no
+handler sees) is not retried at all. Then the original record goes to
 ``<topic>.dlq`` with headers naming the error, the source topic, partition and offset, and the consumer moves on.
 If even the dead-letter publish fails, the error propagates and the message is redelivered: nothing is lost.
 """
@@ -9,14 +10,17 @@ If even the dead-letter publish fails, the error propagates and the message is r
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import ConsumerRecord
+from aiokafka.errors import MessageSizeTooLargeError
 from faststream import BaseMiddleware
 from prometheus_client import CollectorRegistry, Counter
 
-from shared.envelope import InvalidEvent
+from shared.envelope import InvalidEvent, check_size
 from shared.topics import dlq_topic
 
 if TYPE_CHECKING:
@@ -31,9 +35,13 @@ log = logging.getLogger(__name__)
 class DeadLetterPolicy:
     """Factory of the per-message middleware; holds the retry settings, the metric and the broker."""
 
-    def __init__(self, *, retries: int, backoff_s: float, registry: CollectorRegistry, service: str) -> None:
+    def __init__(
+        self, *, retries: int, backoff_s: float, registry: CollectorRegistry, service: str,
+        max_event_bytes: int | None = None,
+    ) -> None:
         self.retries = retries
         self.backoff_s = backoff_s
+        self.max_event_bytes = max_event_bytes
         self.service = service
         self.broker: KafkaBroker | None = None
         self.dead_lettered = Counter(
@@ -69,7 +77,13 @@ class DeadLetterPolicy:
                 "x-ozg-dlq-consumer": self.service,
             }
         )
-        await self.broker.publish(record.value, dlq_topic(record.topic), key=record.key, headers=headers)
+        try:
+            await self.broker.publish(record.value, dlq_topic(record.topic), key=record.key, headers=headers)
+        except MessageSizeTooLargeError:
+            # Even the dead-letter topic refuses the value: keep the headers, which name where the original still
+            # is, rather than redeliver the record forever and stop the partition.
+            headers["x-ozg-dlq-value-omitted"] = str(len(record.value or b""))
+            await self.broker.publish(None, dlq_topic(record.topic), key=record.key, headers=headers)
         self.dead_lettered.labels(record.topic, type(error).__name__).inc()
         log.warning(
             "message dead-lettered",
@@ -88,6 +102,12 @@ class _DeadLetterMiddleware(BaseMiddleware):
         if not isinstance(record, ConsumerRecord):
             # Batch subscribers handle poison records themselves, one by one.
             return await call_next(msg)
+        try:
+            check_size(record.value, self.policy.max_event_bytes)
+        except InvalidEvent as exc:
+            await self._pass_over(call_next, msg, record)
+            await self.policy.dead_letter(record, exc)
+            return None
         attempt = 0
         while True:
             try:
@@ -101,3 +121,14 @@ class _DeadLetterMiddleware(BaseMiddleware):
                     return None
                 await asyncio.sleep(self.policy.backoff_s * 2**attempt)
                 attempt += 1
+
+    @staticmethod
+    async def _pass_over(call_next: AsyncFuncAny, msg: StreamMessage[Any], record: ConsumerRecord[Any, Any]) -> None:
+        """Show the handler a record too long to read without its value, which is never parsed: it fails as poison,
+        but a handler that follows its position (the client directory, which must reach the topic's end before its
+        service is ready) counts the record as read."""
+        msg.raw_message = dataclasses.replace(record, value=None)
+        msg.body = b""
+        # Whatever the handler makes of an empty record is beside the point: the record is dead-lettered for its size.
+        with contextlib.suppress(Exception):
+            await call_next(msg)

@@ -107,12 +107,22 @@ def build_event(
     )
 
 
+def check_size(value: bytes | None, max_bytes: int | None) -> None:
+    """Refuse a record value longer than ``max_bytes`` (None: no limit) as a poison message."""
+    if max_bytes is not None and value is not None and len(value) > max_bytes:
+        raise InvalidEvent(f"the value has {len(value)} bytes, more than the limit of {max_bytes}")
+
+
 def parse_event(
     headers: Iterable[tuple[str, bytes]] | Mapping[str, bytes],
     value: bytes | None,
     key: bytes | None = None,
+    *,
+    max_bytes: int | None = None,
 ) -> Envelope:
-    """Decode a Kafka record in binary content mode; anything that isn't a CloudEvent raises InvalidEvent."""
+    """Decode a Kafka record in binary content mode; anything that isn't a CloudEvent, or a value longer than
+    ``max_bytes``, raises InvalidEvent."""
+    check_size(value, max_bytes)
     pairs = headers.items() if isinstance(headers, Mapping) else headers
     raw = {name.lower(): val for name, val in pairs if val is not None}
     missing = [h for h in ("ce_specversion", "ce_id", "ce_source", "ce_type") if h not in raw]

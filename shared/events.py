@@ -50,10 +50,6 @@ class CaseStatus(enum.StrEnum):
     WITHDRAWN = "withdrawn"
 
 
-# The statuses a case never leaves (SPEC §4).
-ENDED_STATUSES: frozenset[CaseStatus] = frozenset({CaseStatus.CLOSED, CaseStatus.REJECTED, CaseStatus.WITHDRAWN})
-
-
 class ReplyChannel(enum.StrEnum):
     """How the applicant wants to hear from the authority."""
 
@@ -290,3 +286,18 @@ class PersonalDataDeleted(Strict):
     categories: list[str] = Field(description="What was deleted, e.g. applicant, form, attachments")
     deleted_at: datetime
     reason: str = "retention"
+
+
+# The data model of each event type: what consumers validate an event's data against.
+DATA_MODELS: dict[str, type[BaseModel]] = {
+    SUBMITTED_V1: ApplicationSubmitted,
+    ROUTED_V1: ApplicationRouted,
+    UNROUTABLE_V1: ApplicationUnroutable,
+    DISPATCHED_V1: ApplicationDispatched,
+    STATUS_CHANGED_V1: CaseStatusChanged,
+    NOTIFICATION_SENT_V1: NotificationOutcome,
+    NOTIFICATION_FAILED_V1: NotificationOutcome,
+    CLIENT_REGISTERED_V1: ClientRecord,
+    CLIENT_REVOKED_V1: ClientRecord,
+    PERSONAL_DATA_DELETED_V1: PersonalDataDeleted,
+}

@@ -21,6 +21,9 @@ from shared.envelope import Envelope, OutgoingEvent, parse_event
 from shared.settings import KafkaSettings
 from shared.tracing import TraceMiddleware
 
+# The largest record a service's producer sends (see make_broker).
+DEAD_LETTER_MAX_BYTES = 64 * 1024 * 1024
+
 
 async def _undecoded(msg: StreamMessage[Any]) -> bytes:
     # Handlers read the CloudEvent themselves (read_event); FastStream's own JSON decoding would parse every
@@ -56,7 +59,8 @@ def make_broker(
 ) -> tuple[KafkaBroker, DeadLetterPolicy]:
     """A FastStream Kafka broker with ``acks=all``, Prometheus metrics and retry-then-dead-letter handling."""
     dead_letters = DeadLetterPolicy(
-        retries=settings.dlq_retries, backoff_s=settings.dlq_backoff_s, registry=registry, service=service
+        retries=settings.dlq_retries, backoff_s=settings.dlq_backoff_s, registry=registry, service=service,
+        max_event_bytes=settings.max_event_bytes,
     )
     broker = KafkaBroker(
         settings.bootstrap_servers,
@@ -67,6 +71,9 @@ def make_broker(
         metadata_max_age_ms=settings.metadata_max_age_ms,
         graceful_timeout=settings.graceful_timeout_s,
         linger_ms=2,
+        # The broker's message.max.bytes is the limit that counts: the client must not refuse to dead-letter a
+        # record the broker accepted and delivered (aiokafka's own default is 1 MiB).
+        max_request_size=DEAD_LETTER_MAX_BYTES,
         decoder=_undecoded,
         parser=_tolerant_parser,
         # Per-message logs stay at DEBUG: on the hot path they cost more than the work itself.

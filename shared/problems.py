@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
@@ -14,6 +15,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 MEDIA_TYPE = "application/problem+json"
 TYPE_BASE = "urn:ozg:problem:"
+# The name of ProblemDetail's schema in every service's OpenAPI document.
+PROBLEM_SCHEMA = "Problem"
+_PROBLEM_REF = {"$ref": f"#/components/schemas/{PROBLEM_SCHEMA}"}
+# What FastAPI declares for a request that fails validation: replaced by the problem it really answers.
+_FASTAPI_422 = "#/components/schemas/HTTPValidationError"
+_INT_HEADER: dict[str, Any] = {"schema": {"type": "integer", "minimum": 0}}
+RETRY_AFTER: dict[str, Any] = {"Retry-After": {"description": "Seconds to wait before retrying", **_INT_HEADER}}
 
 
 class ProblemDetail(BaseModel):
@@ -85,8 +93,54 @@ def validation_errors(errors: Any) -> list[dict[str, Any]]:
     return out
 
 
+def responses(
+    *statuses: int, headers: Mapping[int, Mapping[str, Any]] | None = None
+) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI responses for ``statuses``, each an RFC 9457 problem (the schema ``Problem``); a 503 may carry
+    ``Retry-After``, other statuses the ``headers`` given for them."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for code in statuses:
+        response: dict[str, Any] = {"description": HTTPStatus(code).phrase,
+                                    "content": {MEDIA_TYPE: {"schema": dict(_PROBLEM_REF)}}}
+        declared = {**(RETRY_AFTER if code == 503 else {}), **(headers or {}).get(code, {})}
+        if declared:
+            response["headers"] = declared
+        out[code] = response
+    return out
+
+
+def _document_problems(schema: dict[str, Any]) -> None:
+    """Declare in an OpenAPI document what every route of the app may answer: the ``Problem`` schema for each
+    problem+json response, and ``400`` wherever a body is read (a body that cannot be parsed at all)."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components[PROBLEM_SCHEMA] = ProblemDetail.model_json_schema(
+        ref_template="#/components/schemas/{model}"
+    ) | {"title": PROBLEM_SCHEMA}
+    for path in schema.get("paths", {}).values():
+        for operation in path.values():
+            answers = operation.setdefault("responses", {})
+            if "requestBody" in operation and "400" not in answers:
+                answers.update({str(code): r for code, r in responses(400).items()})
+            if _FASTAPI_422 in json.dumps(answers.get("422", {})):
+                # FastAPI's own declaration; the handler above answers a problem instead.
+                answers.update({str(code): r for code, r in responses(422).items()})
+            for answer in answers.values():
+                content = answer.get("content", {})
+                if MEDIA_TYPE in content and not content[MEDIA_TYPE].get("schema"):
+                    content[MEDIA_TYPE]["schema"] = dict(_PROBLEM_REF)
+
+
 def install(app: FastAPI) -> None:
-    """Make every error of ``app`` a problem+json response."""
+    """Make every error of ``app`` a problem+json response, and say so in its OpenAPI document."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            _document_problems(generate())
+        assert app.openapi_schema is not None
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.exception_handler(ProblemException)
     async def _problem(request: Request, exc: ProblemException) -> JSONResponse:

@@ -26,6 +26,9 @@ class KafkaSettings(BaseSettings):
     session_timeout_ms: int = Field(default=10_000, ge=1_000)
     # How often each service measures its consumer group's lag for /metrics.
     lag_interval_s: float = Field(default=15.0, gt=0)
+    # The largest record value a consumer accepts; a longer one is dead-lettered unread. Kafka's own default
+    # (message.max.bytes) is about 1 MiB; producers stay below it (intake refuses larger applications).
+    max_event_bytes: int = Field(default=1024 * 1024, ge=1024)
     dlq_retries: int = Field(default=3, ge=0)
     dlq_backoff_s: float = Field(default=0.2, ge=0)
 

@@ -69,19 +69,6 @@ async def produce(
         await producer.stop()
 
 
-async def produce_raw(
-    settings: KafkaSettings, topic: str, value: bytes | None, headers: list[tuple[str, bytes | None]],
-    key: bytes | None = None,
-) -> None:
-    """Write one record with header values exactly as given (invalid UTF-8, null values)."""
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all")
-    await producer.start()
-    try:
-        await producer.send_and_wait(topic, value=value, key=key, headers=headers)
-    finally:
-        await producer.stop()
-
-
 async def consume(
     settings: KafkaSettings, topic: str, count: int, timeout_s: float = 20,
     predicate: Callable[[ConsumerRecord[bytes, bytes]], bool] | None = None,

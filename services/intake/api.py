@@ -7,13 +7,12 @@ import json
 import logging
 import uuid
 from datetime import UTC, datetime
-from http import HTTPStatus
 from typing import Annotated, Any
 from urllib.parse import quote
 
 import anyio.to_thread
 import uuid6
-from fastapi import APIRouter, Depends, FastAPI, Header, Request, Response, status
+from fastapi import APIRouter, Depends, Header, Request, Response, status
 from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import Counter
@@ -43,52 +42,24 @@ from services.intake.store import (
 from shared import catalogue, topics
 from shared.auth import require
 from shared.events import ApplicationSubmitted, AttachmentRef, CaseStatus, CaseStatusChanged, ClientRecord
-from shared.problems import MEDIA_TYPE, ProblemDetail, ProblemException
+from shared.problems import RETRY_AFTER, ProblemException, responses
 from shared.runtime import Service
 
 log = logging.getLogger(__name__)
 
-PROBLEM_SCHEMA = "Problem"
-_INT_HEADER: dict[str, Any] = {"schema": {"type": "integer", "minimum": 0}}
-_RETRY_AFTER: dict[str, Any] = {"Retry-After": {"description": "Seconds to wait before retrying", **_INT_HEADER}}
 RATE_LIMIT_HEADERS: dict[str, Any] = {
-    "RateLimit-Limit": {"description": "Requests allowed per window for this client", **_INT_HEADER},
-    "RateLimit-Remaining": {"description": "Requests left in the current window", **_INT_HEADER},
-    "RateLimit-Reset": {"description": "Seconds until the window allows requests again", **_INT_HEADER},
+    name: {"description": description, "schema": {"type": "integer", "minimum": 0}}
+    for name, description in (
+        ("RateLimit-Limit", "Requests allowed per window for this client"),
+        ("RateLimit-Remaining", "Requests left in the current window"),
+        ("RateLimit-Reset", "Seconds until the window allows requests again"),
+    )
 }
 
 
 def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI responses for ``statuses``, each an RFC 9457 problem (the schema ``Problem``)."""
-    out: dict[int | str, dict[str, Any]] = {}
-    for code in statuses:
-        response: dict[str, Any] = {
-            "description": HTTPStatus(code).phrase,
-            "content": {MEDIA_TYPE: {"schema": {"$ref": f"#/components/schemas/{PROBLEM_SCHEMA}"}}},
-        }
-        if code == 429:
-            response["headers"] = {**_RETRY_AFTER, **RATE_LIMIT_HEADERS}
-        elif code == 503:
-            response["headers"] = dict(_RETRY_AFTER)
-        out[code] = response
-    return out
-
-
-def add_problem_schema(app: FastAPI) -> None:
-    """Put the ``Problem`` schema the responses refer to into ``app``'s OpenAPI components."""
-    generate = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = generate()
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            components[PROBLEM_SCHEMA] = ProblemDetail.model_json_schema(
-                ref_template="#/components/schemas/{model}"
-            ) | {"title": PROBLEM_SCHEMA}
-        assert app.openapi_schema is not None
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
+    """OpenAPI responses for ``statuses``, each an RFC 9457 problem; a 429 names the rate-limit headers."""
+    return responses(*statuses, headers={429: {**RETRY_AFTER, **RATE_LIMIT_HEADERS}})
 
 
 def body_hash(body: ApplicationCreate) -> str:
@@ -218,6 +189,13 @@ def create_router(
             applicant=body.applicant, form=body.form, attachments=refs, client_id=client.client_id,
             client_kind=client.kind, submitted_at=now,
         )
+        submission = data.model_dump_json()
+        # Every consumer dead-letters an event longer than max_event_bytes unread. Half of it leaves room for what
+        # the events a submission causes add (the dispatched event carries routing's decision too).
+        limit = settings.kafka.max_event_bytes // 2
+        if len(submission.encode()) > limit:
+            raise ProblemException(413, f"An application may have at most {limit} bytes of data.",
+                                   kind="application-too-large", title="Application too large")
         candidate = Case(
             case_id=case_id,
             reference=reference,
@@ -228,7 +206,7 @@ def create_router(
             idempotency_key=idempotency_key,
             body_hash=body_hash(body),
             event_id=str(uuid.uuid4()),
-            submission=data.model_dump_json(),
+            submission=submission,
         )
         outcome = await anyio.to_thread.run_sync(store.reserve, candidate, body.attachments)
         if isinstance(outcome, AttachmentsTaken):

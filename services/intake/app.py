@@ -67,6 +67,5 @@ def build(settings: Settings | None = None) -> tuple[Service, FastAPI]:
     )
     # Puts the RateLimit-* header fields the routes computed on every answer, problems included.
     app.add_middleware(RateLimitHeaders)
-    api.add_problem_schema(app)
     app.state.intake = Intake(store=store, publisher=publisher, blobs=blobs, limiter=limiter)
     return service, app

@@ -83,6 +83,14 @@ def test_free_text_in_query_fields_is_not_kept() -> None:
     assert (got.status, got.reason, got.destination_id) == (None, None, None)
 
 
+def test_a_known_type_whose_data_breaks_its_model_is_poison() -> None:
+    data = Loose(status="closed", reason="Erika Mustermann", destination_id="")
+    event = build_event(event_type=events.STATUS_CHANGED_V1, source="/ozg/routing", subject="x", data=data)
+    with pytest.raises(InvalidEvent, match="does not match CaseStatusChanged") as raised:
+        entry(event)
+    assert "Mustermann" not in str(raised.value)
+
+
 def test_overlong_attributes_are_poison() -> None:
     event = build_event(event_type=events.STATUS_CHANGED_V1, source="/ozg/routing", subject="x",
                         data=Loose(status="closed", reason="", destination_id=""), event_id="e" * 201)
@@ -112,8 +120,7 @@ async def test_unreachable_database_is_waited_out_not_dead_lettered() -> None:
     async def sleep(seconds: float) -> None:
         slept.append(seconds)
 
-    event = build_event(event_type=events.STATUS_CHANGED_V1, source="/ozg/routing", subject="x",
-                        data=Loose(status="closed", reason="", destination_id=""))
+    event = status_event(uuid.uuid4(), CaseStatus.CLOSED)
     assert await append_patiently(store, [entry(event)], max_delay_s=2.0, sleep=sleep)  # type: ignore[arg-type]
     assert len(store.appended) == 1
     assert slept == [0.5, 1.0, 2.0, 2.0]

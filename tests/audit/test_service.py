@@ -1,4 +1,4 @@
-"""The audit service against the real broker: trails, verification, authentication, redelivery, poison messages.
+"""The audit service against the real broker: trails, verification, authentication, redelivery.
 
 The broker is shared by the whole session and the consumer group reads from the earliest offset, so the chain
 holds other tests' events too: every assertion looks at this test's own case ids.
@@ -38,7 +38,7 @@ from shared.events import (
 from shared.settings import KafkaSettings
 from shared.topics import TopicSpec, ensure_topics
 from tests.factories import submitted
-from tests.support import consume, issue_key, produce, running, wait_until
+from tests.support import issue_key, produce, running, wait_until
 
 # The first events wait for the consumer group to form and, for a new topic, for the next metadata refresh.
 ARRIVAL_S = 60
@@ -193,32 +193,6 @@ async def test_redelivered_event_is_recorded_once(sqlite_settings: Settings, kaf
             await send(kafka_settings, topics.SUBMITTED, record)
         entries = await wait_until(lambda: trail_of(client, auditor, str(data.case_id), 2), timeout_s=ARRIVAL_S)
         assert [e["event_id"] for e in entries] == [event.event_id, marker.event_id]
-
-
-async def test_poison_record_is_dead_lettered_and_consumption_goes_on(
-    sqlite_settings: Settings, kafka_settings: KafkaSettings
-) -> None:
-    service, app = build(sqlite_settings)
-    async with running(service, app) as client:
-        _, auditor = await issue_key(kafka_settings, ClientKind.AUDITOR, service=service)
-        data = submitted()
-        key = str(data.case_id).encode()
-        await produce(kafka_settings, topics.SUBMITTED, b"this is not a CloudEvent", {}, key)
-        later = submitted_event(data)
-        await send(kafka_settings, topics.SUBMITTED, later)
-
-        dead = await consume(
-            kafka_settings, topics.dlq_topic(topics.SUBMITTED), 1, timeout_s=ARRIVAL_S,
-            predicate=lambda r: r.key == key and dict(r.headers).get("x-ozg-dlq-consumer") == b"audit",
-        )
-        headers = dict(dead[0].headers)
-        assert dead[0].value == b"this is not a CloudEvent"
-        assert headers["x-ozg-dlq-error"] == b"InvalidEvent"
-        assert headers["x-ozg-dlq-topic"] == topics.SUBMITTED.encode()
-
-        entries = await wait_until(lambda: trail_of(client, auditor, str(data.case_id), 1), timeout_s=ARRIVAL_S)
-        assert [e["event_id"] for e in entries] == [later.event_id]
-        assert (await client.get("/v1/verify", headers=bearer(auditor))).json()["intact"] is True
 
 
 async def test_trail_of_a_case_through_the_whole_loop_is_complete_and_in_order(

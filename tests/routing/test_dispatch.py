@@ -1,4 +1,4 @@
-"""Routing against the real broker: dispatch, clearing, idempotency, poison messages, the routes API."""
+"""Routing against the real broker: dispatch, clearing, idempotency, the routes API (poison: tests/resilience)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from shared.envelope import build_event, parse_event
 from shared.events import ApplicationDispatched, ApplicationRouted, ApplicationUnroutable
 from shared.settings import KafkaSettings
 from tests.factories import WOHNGELD, WOHNSITZ, submitted
-from tests.support import consume, produce, produce_raw, running
+from tests.support import consume, produce, running
 
 STADT_KELHEIM = "1d37b5d9-077a-5b24-93ed-099f1d564f34"
 
@@ -85,35 +85,6 @@ async def test_unroutable_cases_go_to_clearing_with_a_reason(settings: Settings,
             assert data.reason.value == reason
             if reason == "ambiguous_postal_code":
                 assert {c.name for c in data.candidates} == {"Nordendorf", "Allmannshofen"}
-
-
-async def test_poison_messages_are_dead_lettered_and_the_consumer_goes_on(
-    settings: Settings, kafka_settings: KafkaSettings
-) -> None:
-    service, app = build(settings)
-    async with running(service, app):
-        marker = uuid.uuid4().hex
-        good = build_event(event_type=events.SUBMITTED_V1, source="/test", subject="x",
-                           data=submitted(WOHNSITZ))
-        await produce(kafka_settings, topics.SUBMITTED, b"{not json", good.headers, f"bad-json-{marker}".encode())
-        await produce(kafka_settings, topics.SUBMITTED, b"{}", {"content-type": "application/json"},
-                      f"no-headers-{marker}".encode())
-        await produce(kafka_settings, topics.SUBMITTED, b'{"case_id": "nope"}', good.headers,
-                      f"wrong-schema-{marker}".encode())
-        # Header values that are not UTF-8, or null: FastStream decodes headers before any middleware runs.
-        broken = [(name, b"\xff\xfe" if name == "ce_id" else value.encode()) for name, value in good.headers.items()]
-        await produce_raw(kafka_settings, topics.SUBMITTED, good.value, [*broken, ("x-null", None)],
-                          f"bad-header-{marker}".encode())
-        dead = await consume(kafka_settings, topics.dlq_topic(topics.SUBMITTED), 4,
-                             predicate=lambda r: marker.encode() in (r.key or b""))
-        for record in dead:
-            headers = dict(record.headers)
-            assert headers["x-ozg-dlq-topic"] == topics.SUBMITTED.encode()
-            assert headers["x-ozg-dlq-error"] == b"InvalidEvent"
-            assert int(headers["x-ozg-dlq-offset"]) >= 0
-        application = submitted(WOHNSITZ)
-        await send(kafka_settings, application)
-        assert await consume(kafka_settings, topics.ROUTED, 1, predicate=for_case(application.case_id))
 
 
 async def test_routes_api(settings: Settings) -> None:

@@ -1,0 +1,46 @@
+"""The dead-letter policy against the real broker, where the generic poison test (tests/resilience) cannot reach."""
+
+from __future__ import annotations
+
+import uuid
+
+from aiokafka import ConsumerRecord
+from faststream.kafka import KafkaBroker
+from prometheus_client import CollectorRegistry
+
+from shared.deadletter import DeadLetterPolicy
+from shared.envelope import InvalidEvent
+from shared.settings import KafkaSettings
+from shared.topics import TopicSpec, dlq_topic, ensure_topics
+from tests.support import consume
+
+
+async def test_a_value_even_the_dead_letter_topic_refuses_leaves_a_record_naming_where_it_is(
+    kafka_settings: KafkaSettings,
+) -> None:
+    """Dead-lettered without its value rather than redelivered forever, which would stop the partition."""
+    topic = f"ozg.test.{uuid.uuid4().hex}"
+    await ensure_topics(kafka_settings, [TopicSpec(topic), TopicSpec(dlq_topic(topic))])
+    # A producer that refuses what the broker delivered: as one with aiokafka's default 1 MiB would a larger value.
+    broker = KafkaBroker(kafka_settings.bootstrap_servers, max_request_size=2048)
+    policy = DeadLetterPolicy(retries=0, backoff_s=0, registry=CollectorRegistry(), service="test")
+    policy.attach(broker)
+    await broker.start()
+    try:
+        value = b"x" * 4096
+        record: ConsumerRecord[bytes, bytes] = ConsumerRecord(
+            topic=topic, partition=1, offset=42, timestamp=0, timestamp_type=0, key=b"k", value=value,
+            checksum=None, serialized_key_size=1, serialized_value_size=len(value),
+            headers=[("ce_id", b"event-1")],
+        )
+        await policy.dead_letter(record, InvalidEvent("the value has 4096 bytes, more than the limit of 1024"))
+    finally:
+        await broker.stop()
+    [dead] = await consume(kafka_settings, dlq_topic(topic), 1)
+    headers = {name: bytes(v).decode() for name, v in dead.headers}
+    assert not dead.value
+    assert headers["x-ozg-dlq-value-omitted"] == "4096"
+    assert (headers["x-ozg-dlq-topic"], headers["x-ozg-dlq-partition"], headers["x-ozg-dlq-offset"]) == (
+        topic, "1", "42")
+    assert headers["x-ozg-dlq-error"] == "InvalidEvent"
+    assert headers["ce_id"] == "event-1"
