@@ -50,6 +50,10 @@ class CaseStatus(enum.StrEnum):
     WITHDRAWN = "withdrawn"
 
 
+# The statuses a case never leaves (SPEC §4).
+ENDED_STATUSES: frozenset[CaseStatus] = frozenset({CaseStatus.CLOSED, CaseStatus.REJECTED, CaseStatus.WITHDRAWN})
+
+
 class ReplyChannel(enum.StrEnum):
     """How the applicant wants to hear from the authority."""
 

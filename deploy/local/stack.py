@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -39,16 +40,18 @@ class LocalStack:
     smtp_port: int = 2525
     ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
     log_json: bool = True
+    # Extra environment for every service process (tests tune intervals and limits with it).
+    env: dict[str, str] = field(default_factory=dict)
     broker: Tansu | None = None
     sink: Controller | None = None
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _logs: list[IO[bytes]] = field(default_factory=list)
 
     @classmethod
-    def on_free_ports(cls, root: Path) -> LocalStack:
+    def on_free_ports(cls, root: Path, env: dict[str, str] | None = None) -> LocalStack:
         """A stack whose every port is free right now (for tests beside a running ``make run``)."""
         return cls(root=root, kafka_port=free_port(), smtp_port=free_port(),
-                   ports={name: free_port() for name in SERVICES})
+                   ports={name: free_port() for name in SERVICES}, env=dict(env or {}))
 
     @property
     def kafka(self) -> KafkaSettings:
@@ -80,7 +83,7 @@ class LocalStack:
             env["NOTIFY_SMTP_PORT"] = str(self.smtp_port)
             env["NOTIFY_STATUS_BASE_URL"] = f"{self.url('intake')}/v1/applications"
             env["NOTIFY_LETTER_DIR"] = str(self.root / "letters")
-        return env
+        return {**env, **self.env}
 
     def start_service(self, name: str) -> None:
         """Start (or restart) one service process, logging to ``<root>/logs/<name>.log``."""
@@ -91,20 +94,36 @@ class LocalStack:
             stderr=subprocess.STDOUT,
         )
 
+    def kill(self, name: str) -> None:
+        """Kill one service process with SIGKILL (a crash: no shutdown code runs) and reap it."""
+        process = self.processes[name]
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+
+    def start_broker(self) -> None:
+        """Start Tansu on the stack's Kafka port (again, after ``stop_broker``: empty, being memory-only)."""
+        self.broker = Tansu(port=self.kafka_port, log_path=self.root / "logs" / "tansu.log").start()
+
+    def stop_broker(self) -> None:
+        """Stop Tansu; it forgets every topic, record and consumer offset."""
+        if self.broker is not None:
+            self.broker.stop()
+            self.broker = None
+
     def start(self, timeout_s: float = 60) -> None:
         """Start broker, SMTP sink and services, and wait until every service is ready."""
         (self.root / "logs").mkdir(parents=True, exist_ok=True)
         (self.root / "letters").mkdir(parents=True, exist_ok=True)
-        self.broker = Tansu(port=self.kafka_port, log_path=self.root / "logs" / "tansu.log").start()
+        self.start_broker()
         self.sink = start_sink(self.root / "mail", self.smtp_port)
         for name in SERVICES:
             self.start_service(name)
         self.wait_ready(timeout_s)
 
-    def wait_ready(self, timeout_s: float = 60) -> None:
-        """Block until every service answers ``/health/ready`` with 200."""
+    def wait_ready(self, timeout_s: float = 60, services: tuple[str, ...] = SERVICES) -> None:
+        """Block until every service (of ``services``) answers ``/health/ready`` with 200."""
         deadline = time.monotonic() + timeout_s
-        pending = set(SERVICES)
+        pending = set(services)
         while pending:
             for name in sorted(pending):
                 process = self.processes[name]
@@ -156,9 +175,7 @@ class LocalStack:
         if self.sink is not None:
             self.sink.stop()
             self.sink = None
-        if self.broker is not None:
-            self.broker.stop()
-            self.broker = None
+        self.stop_broker()
         for log in self._logs:
             log.close()
         self._logs.clear()

@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from services.intake.models import Attachment, Case, CaseHistory, CasePublic, CaseState, HistoryEntry
-from shared.events import CaseStatus
+from shared.events import ENDED_STATUSES, CaseStatus
 from shared.idempotency import first_delivery
 
 # Crockford's base32 without I, L, O, U: no two characters a clerk reading aloud could confuse.
@@ -177,8 +177,9 @@ class IntakeStore:
                 return False
             # A case's events travel on different topics (routed, unroutable, status), so they may be read out of
             # order (a consumer restarting, one partition lagging): the latest event in time sets the status, an
-            # earlier one only joins the history.
-            if _utc(at) >= _utc(case.updated_at):
+            # earlier one only joins the history. A case that ended stays ended: a withdrawal that overtook the
+            # routing decision is followed by the routed event (routing dispatches, then withdraws the case).
+            if case.status not in ENDED_STATUSES and (status in ENDED_STATUSES or _utc(at) >= _utc(case.updated_at)):
                 case.status = status
                 case.updated_at = at
             if destination_id is not None:

@@ -43,11 +43,20 @@ def register(service: Service, state: RoutingState, publisher: OutboxPublisher, 
     decisions = Counter("ozg_routing_decisions", "Routing decisions by outcome and rule", ["outcome", "rule"],
                         registry=service.registry)
     failures = 0
+    # The highest offset handled per partition. A lower one is a redelivery, or a topic a broker that lost its state
+    # (a memory-only Tansu restarted, a cluster rebuilt) has started afresh: then the destinations' topics are gone
+    # too and are created again before use, not left to the broker's auto-creation (off in production).
+    handled: dict[tuple[str, int], int] = {}
 
     async def on_submitted(msg: KafkaMessage) -> None:
         nonlocal failures
         raw: Any = msg.raw_message
         records: tuple[ConsumerRecord[bytes, bytes], ...] = raw if isinstance(raw, tuple) else (raw,)
+        if any(record.offset <= handled.get((record.topic, record.partition), -1) for record in records):
+            state.forget_topics()
+        for record in records:
+            handled[(record.topic, record.partition)] = max(record.offset,
+                                                            handled.get((record.topic, record.partition), -1))
         poison: list[tuple[ConsumerRecord[bytes, bytes], BaseException]] = []
         parsed: list[tuple[ConsumerRecord[bytes, bytes], str, ApplicationSubmitted]] = []
         for record in records:
@@ -90,6 +99,8 @@ def register(service: Service, state: RoutingState, publisher: OutboxPublisher, 
         except Exception as exc:
             # The batch is redelivered (NACK seeks back); back off so a broker or database outage is no busy loop.
             failures += 1
+            # A destination's topic may be gone with a broker that lost its state: created again on the retry.
+            state.forget_topics()
             delay = min(settings.kafka.dlq_backoff_s * 2 ** min(failures, 10), 10.0)
             log.warning("batch failed, redelivering", extra={"error": type(exc).__name__, "records": len(records),
                                                              "retry_in_s": delay})

@@ -27,9 +27,6 @@ WITHDRAWABLE: frozenset[CaseStatus] = frozenset({
     S.SUBMITTED, S.ROUTED, S.UNROUTABLE, S.RECEIVED, S.IN_PROGRESS, S.INFORMATION_REQUESTED,
 })
 
-# Nothing follows these.
-FINAL: frozenset[CaseStatus] = frozenset({S.CLOSED, S.REJECTED, S.WITHDRAWN})
-
 # What a destination must send along with a status.
 NEEDS_MESSAGE: frozenset[CaseStatus] = frozenset({S.INFORMATION_REQUESTED, S.DECIDED})
 NEEDS_OUTCOME: frozenset[CaseStatus] = frozenset({S.DECIDED})

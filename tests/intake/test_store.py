@@ -91,3 +91,34 @@ def test_status_events_read_out_of_order_keep_the_latest_status(database_url: st
         assert row is not None
         assert row.destination_id == destination  # the routed event still names the destination
     engine.dispose()
+
+
+def test_an_ended_case_stays_ended(database_url: str) -> None:
+    """A withdrawal can overtake the routing decision (routing then dispatches and withdraws the case): the later
+    routed event joins the history, the case stays withdrawn; a withdrawal read late still ends the case."""
+    engine, store = migrated(database_url)
+    client = uuid.uuid4()
+    submitted_at = datetime.now(UTC) - timedelta(minutes=5)
+    early, late = (store.reserve(candidate(client, key, submitted_at), []) for key in ("early", "late"))
+    assert isinstance(early, Reserved)
+    assert isinstance(late, Reserved)
+    for reserved in (early, late):
+        store.accept(reserved.case.case_id)
+    withdrawn_at, routed_at = submitted_at + timedelta(seconds=1), submitted_at + timedelta(seconds=2)
+
+    early_id = early.case.case_id
+    assert store.record_status("withdrawn-early", early_id, CaseStatus.WITHDRAWN, withdrawn_at)
+    assert store.record_status("routed-early", early_id, CaseStatus.ROUTED, routed_at, "Stadt Kelheim")
+    case = store.get(early_id, client)
+    assert case is not None
+    assert case.status == CaseStatus.WITHDRAWN
+    assert [e.status for e in case.history] == [CaseStatus.SUBMITTED, CaseStatus.WITHDRAWN, CaseStatus.ROUTED]
+
+    # Read the other way round (the routed event first, the earlier withdrawal later): withdrawn all the same.
+    late_id = late.case.case_id
+    assert store.record_status("routed-late", late_id, CaseStatus.ROUTED, routed_at, "Stadt Kelheim")
+    assert store.record_status("withdrawn-late", late_id, CaseStatus.WITHDRAWN, withdrawn_at)
+    case = store.get(late_id, client)
+    assert case is not None
+    assert case.status == CaseStatus.WITHDRAWN
+    engine.dispose()
