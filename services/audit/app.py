@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -94,13 +95,15 @@ def verify_command(args: list[str], settings: Settings | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.audit verify")
     parser.add_argument("--public-key", type=Path, default=None,
                         help="PEM file of the checkpoint public key (default: from AUDIT_SIGNING_KEY)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="processes that walk parts of a long chain (default: one per CPU)")
     options = parser.parse_args(args)
     settings = settings or Settings()
     # Only the database: verifying needs neither the broker nor the HTTP app, and changes nothing.
     engine = db.make_engine(settings.database_url)
     try:
         public_key = _public_key(settings, options.public_key)
-        report = AuditStore(engine).verify(public_key)
+        report = AuditStore(engine).verify(public_key, workers=max(1, options.workers))
     except (SigningKeyError, OSError) as exc:
         print(f"cannot check the checkpoint signatures: {exc}", file=sys.stderr)
         return 2

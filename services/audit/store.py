@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import multiprocessing
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from json.encoder import encode_basestring_ascii as _json
@@ -19,7 +21,20 @@ from typing import Any
 from uuid import UUID
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import ColumnElement, Connection, Engine, String, cast, func, insert, select, text, type_coerce
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    String,
+    cast,
+    create_engine,
+    func,
+    insert,
+    select,
+    text,
+    type_coerce,
+)
+from sqlalchemy.pool import NullPool
 
 from services.audit.models import CHECKPOINTS, ENTRIES, GENESIS_HASH, Checkpoint, ProblemKind, TrailEntry, VerifyReport
 from services.audit.signing import (
@@ -136,6 +151,9 @@ class _Walk:
     problem: str | None = None
     # The stored hash of each checkpointed entry, up to the first broken entry.
     hashes_at: dict[int, str] = field(default_factory=dict)
+    # The first row walked: its seq and its prev_hash (joining a part of the chain to the part before it).
+    first_seq: int | None = None
+    first_prev: str | None = None
 
 
 class AuditStore:
@@ -276,19 +294,22 @@ class AuditStore:
         with self.engine.connect() as connection:
             return [Checkpoint.model_validate(dict(row._mapping)) for row in connection.execute(query)]
 
-    def verify(self, public_key: Ed25519PublicKey | None = None, batch_size: int = 20_000) -> VerifyReport:
+    def verify(
+        self, public_key: Ed25519PublicKey | None = None, batch_size: int = 20_000, workers: int = 1
+    ) -> VerifyReport:
         """Recompute the whole chain in seq order and check every checkpoint against it and ``public_key``.
 
         ``public_key`` defaults to the signer's. Rows arrive ``batch_size`` at a time as plain tuples from the
         driver's cursor (a server-side cursor on PostgreSQL), so memory stays flat however long the chain is.
+        With ``workers`` > 1 and a long chain in a database file or server, that many forked processes each walk
+        one contiguous part of it and the parts are joined link by link: the same checks, on more cores. Fork
+        only from a process without other threads (the CLI); the service's API walks in its own thread.
         Reports the problem with the lowest sequence number, if any.
         """
         dialect = self.engine.dialect.name
         if dialect not in ("sqlite", "postgresql"):
             raise ValueError(f"verify() supports SQLite and PostgreSQL, not {dialect}")
         key = public_key or (self.signer.public_key if self.signer is not None else None)
-        query = select(*_canonical_columns(dialect), ENTRIES.c.hash).order_by(ENTRIES.c.seq)
-        sql = str(query.compile(dialect=self.engine.dialect, compile_kwargs={"literal_binds": True}))
         with self.engine.connect() as connection:
             # Checkpoints first: each one read covers entries already committed, so the chain read next has them.
             checkpoints = [
@@ -296,22 +317,98 @@ class AuditStore:
                  str(row.signature))
                 for row in connection.execute(select(CHECKPOINTS).order_by(CHECKPOINTS.c.seq))
             ]
-            if checkpoints and key is None:
-                raise SigningKeyError("no public key to check the checkpoint signatures with")
-            dbapi = connection.connection.dbapi_connection
-            assert dbapi is not None
-            cursor: Any = dbapi.cursor(name="audit_verify") if dialect == "postgresql" else dbapi.cursor()
-            try:
-                cursor.arraysize = batch_size
-                if dialect == "postgresql":
-                    cursor.itersize = batch_size
-                cursor.execute(sql)
-                walk = _walk(_batches(cursor), [c[0] for c in checkpoints],
-                             time_suffix="+00:00" if dialect == "sqlite" else "")
-            finally:
-                cursor.close()
+            last = int(connection.scalar(select(func.max(ENTRIES.c.seq))) or 0) if workers > 1 else 0
             connection.rollback()
+        if checkpoints and key is None:
+            raise SigningKeyError("no public key to check the checkpoint signatures with")
+        seqs = [c[0] for c in checkpoints]
+        database = self.engine.url.database or ""
+        if workers > 1 and last >= workers * _MIN_PART and (dialect == "postgresql" or database != ":memory:"):
+            # The parts end at the head read above: entries appended meanwhile are left out, as a walk started
+            # a moment earlier would have.
+            bounds = [(1 + last * i // workers, last * (i + 1) // workers) for i in range(workers)]
+            url = self.engine.url.render_as_string(hide_password=False)
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+                parts = list(pool.map(_walk_part, [url] * workers, bounds, [seqs] * workers,
+                                      [batch_size] * workers))
+            walk = _join(parts)
+        else:
+            walk = _walk_rows(self.engine, seqs, batch_size)
         return _report(walk, checkpoints, key)
+
+
+# Below this many entries per worker, starting processes costs more than it saves.
+_MIN_PART = 50_000
+
+
+def _walk_rows(
+    engine: Engine, checkpoint_seqs: Sequence[int], batch_size: int, bounds: tuple[int, int] | None = None
+) -> _Walk:
+    """Walk the whole chain, or the entries with seq in ``bounds`` (the first one's link left to _join())."""
+    dialect = engine.dialect.name
+    query = select(*_canonical_columns(dialect), ENTRIES.c.hash).order_by(ENTRIES.c.seq)
+    if bounds is not None:
+        query = query.where(ENTRIES.c.seq.between(*bounds))
+    sql = str(query.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True}))
+    with engine.connect() as connection:
+        dbapi = connection.connection.dbapi_connection
+        assert dbapi is not None
+        cursor: Any = dbapi.cursor(name="audit_verify") if dialect == "postgresql" else dbapi.cursor()
+        try:
+            cursor.arraysize = batch_size
+            if dialect == "postgresql":
+                cursor.itersize = batch_size
+            cursor.execute(sql)
+            walk = _walk(_batches(cursor), checkpoint_seqs, time_suffix="+00:00" if dialect == "sqlite" else "",
+                         start=bounds[0] if bounds else 1, prev=None if bounds else GENESIS_HASH)
+        finally:
+            cursor.close()
+        connection.rollback()
+    return walk
+
+
+def _walk_part(url: str, bounds: tuple[int, int], checkpoint_seqs: Sequence[int], batch_size: int) -> _Walk:
+    """In a worker process: walk one part of the chain on a connection of its own."""
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        return _walk_rows(engine, [s for s in checkpoint_seqs if bounds[0] <= s <= bounds[1]], batch_size, bounds)
+    finally:
+        engine.dispose()
+
+
+def _join(parts: Sequence[_Walk]) -> _Walk:
+    """The walk of the whole chain from the walks of its consecutive parts.
+
+    Each part checked its own rows but not the link of its first row, nor whether entries are missing at its
+    edges: those are checked here, in the order a single walk would have met them.
+    """
+    walk = _Walk()
+    expected, prev = 1, GENESIS_HASH
+    found: _Walk | None = None
+    for part in parts:
+        walk.length += part.length
+        if part.first_seq is None:
+            continue  # no entries in this part: the next part's first seq shows the gap
+        walk.head_hash, walk.last_seq = part.head_hash, part.last_seq
+        walk.hashes_at.update(part.hashes_at)
+        if found is not None:
+            continue
+        if part.first_seq != expected:
+            found = _Walk(bad_seq=expected, kind="removed", problem=(
+                f"entry {expected} is missing (the next entry is {part.first_seq}): entries were removed"))
+        elif part.bad_seq == part.first_seq and part.kind == "changed":
+            found = part
+        elif part.first_prev != prev:
+            found = _Walk(bad_seq=part.first_seq, kind="unlinked", problem=(
+                f"entry {part.first_seq} does not link to entry {part.first_seq - 1}: "
+                "an entry was inserted, replaced or reordered"))
+        elif part.bad_seq is not None:
+            found = part
+        expected, prev = part.last_seq + 1, part.head_hash
+    if found is not None:
+        walk.bad_seq, walk.kind, walk.problem = found.bad_seq, found.kind, found.problem
+        walk.hashes_at = {seq: h for seq, h in walk.hashes_at.items() if found.bad_seq is None or seq < found.bad_seq}
+    return walk
 
 
 def _batches(cursor: Any) -> Iterator[list[tuple[Any, ...]]]:
@@ -320,7 +417,8 @@ def _batches(cursor: Any) -> Iterator[list[tuple[Any, ...]]]:
 
 
 def _walk(
-    batches: Iterator[list[tuple[Any, ...]]], checkpoint_seqs: Sequence[int], *, time_suffix: str = ""
+    batches: Iterator[list[tuple[Any, ...]]], checkpoint_seqs: Sequence[int], *, time_suffix: str = "",
+    start: int = 1, prev: str | None = GENESIS_HASH,
 ) -> _Walk:
     """Recompute every entry's hash and link, until the first broken one; count on to the end after that.
 
@@ -332,7 +430,8 @@ def _walk(
     into another. So the candidate is the text entry_hash() writes for exactly these values. Anything else
     (non-ASCII, quotes or backslashes in a value, a value of the wrong type, a real change) takes the exact path,
     entry_hash(). Times come as PostgreSQL writes them canonically (``time_suffix`` ""), or as SQLite stores them
-    ("YYYY-MM-DD HH:MM:SS.ffffff", ``time_suffix`` "+00:00"), completed here.
+    ("YYYY-MM-DD HH:MM:SS.ffffff", ``time_suffix`` "+00:00"), completed here. A part of the chain starts at
+    seq ``start``; with ``prev`` None its first row's link is not checked here (_join() does).
     """
     sha256 = hashlib.sha256
     space, t = " ", "T"
@@ -340,8 +439,11 @@ def _walk(
     hashes_at = walk.hashes_at
     pending = iter(checkpoint_seqs)
     next_checkpoint = next(pending, -1)
-    expected, prev, length = 1, GENESIS_HASH, 0
+    expected, length = start, 0
     for rows in batches:
+        if walk.first_seq is None and rows:
+            walk.first_seq, walk.first_prev = rows[0][0], rows[0][_FIELD_COUNT - 1]
+            prev = prev or walk.first_prev
         batch_start = length
         for row in rows:
             (seq, event_id, event_type, source, subject, event_time, recorded_at, topic, partition, offset,

@@ -4,7 +4,6 @@ finds with them that the chain alone cannot (a cut-off tail, a chain rewritten a
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,11 +12,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Engine, delete, select, text, update
 from sqlalchemy.exc import DBAPIError
 
-from services.audit.app import MIGRATIONS
 from services.audit.models import CHECKPOINTS, ENTRIES
 from services.audit.signing import CheckpointSigner, load_public_key
 from services.audit.store import AuditStore, canonical_fields, entry_hash
-from shared import db
 from tests.audit.chain import drop_checkpoint_guards, drop_guards, fill, new_entry
 
 
@@ -29,14 +26,6 @@ class Clock:
 
     def __call__(self) -> datetime:
         return self.now
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = db.make_engine(database_url)
-    db.migrate(engine, MIGRATIONS, "audit")
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture

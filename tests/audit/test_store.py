@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Iterator
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -24,14 +23,6 @@ from services.audit.signing import CheckpointSigner
 from services.audit.store import HASHED_COLUMNS, AuditStore, canonical_fields, entry_hash
 from shared import db, events
 from tests.audit.chain import drop_guards, fill, new_entry
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = db.make_engine(database_url)
-    db.migrate(engine, MIGRATIONS, "audit")
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture
