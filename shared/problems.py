@@ -111,7 +111,8 @@ def responses(
 
 def _document_problems(schema: dict[str, Any]) -> None:
     """Declare in an OpenAPI document what every route of the app may answer: the ``Problem`` schema for each
-    problem+json response, and ``400`` wherever a body is read (a body that cannot be parsed at all)."""
+    problem+json response, ``400`` wherever a body is read (a body that cannot be parsed at all), ``401`` and ``503``
+    wherever an API key is checked."""
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     components[PROBLEM_SCHEMA] = ProblemDetail.model_json_schema(
         ref_template="#/components/schemas/{model}"
@@ -121,6 +122,9 @@ def _document_problems(schema: dict[str, Any]) -> None:
             answers = operation.setdefault("responses", {})
             if "requestBody" in operation and "400" not in answers:
                 answers.update({str(code): r for code, r in responses(400).items()})
+            if "security" in operation:
+                # A key is checked: 401 without a valid one, 503 while a just-started service still reads the keys.
+                answers.update({str(code): r for code, r in responses(401, 503).items() if str(code) not in answers})
             if _FASTAPI_422 in json.dumps(answers.get("422", {})):
                 # FastAPI's own declaration; the handler above answers a problem instead.
                 answers.update({str(code): r for code, r in responses(422).items()})

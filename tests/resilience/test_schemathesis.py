@@ -139,3 +139,23 @@ async def test_schemathesis_finds_no_server_errors_and_no_schema_violations(
         for operation in operations:
             await anyio.to_thread.run_sync(fuzz, operation, client, auth, checked)
         assert set(checked) == {op.label for op in operations}
+
+
+async def test_the_answer_of_a_service_still_reading_its_keys_is_declared(tmp_path: Path) -> None:
+    """A service that has not read ozg.clients to its end answers 503 to a key it does not know yet; its document
+    says so for every operation that checks a key (shared/problems.py), which the fuzzing above cannot reach."""
+    _, app = notify(tmp_path, KafkaSettings(bootstrap_servers="127.0.0.1:9"))  # never started: no key read yet
+    document = app.openapi()
+    secured = [(path, method, op) for path, item in document["paths"].items() for method, op in item.items()
+               if "security" in op]
+    assert secured
+    assert all({"401", "503"} <= set(op["responses"]) for _, _, op in secured)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver") as client:
+        answer = await client.get("/v1/notifications", params={"case_id": "5f0c3a8e-2b7d-4e61-9c3a-7d2f1e0b9a44"},
+                                  headers={"Authorization": "Bearer ozg_unknown"})
+    assert answer.status_code == 503
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert answer.headers["retry-after"] == "1"
+    declared = document["paths"]["/v1/notifications"]["get"]["responses"]["503"]
+    assert declared["content"]["application/problem+json"]["schema"] == {"$ref": "#/components/schemas/Problem"}
+    assert "Retry-After" in declared["headers"]
