@@ -139,24 +139,31 @@ _bearer = HTTPBearer(auto_error=False, description="API key of a client (SPEC §
 Authenticator = Callable[[HTTPAuthorizationCredentials | None], Awaitable[ClientRecord]]
 
 
+def identify(directory: ClientDirectory, credentials: HTTPAuthorizationCredentials | None) -> ClientRecord:
+    """The live client whose key ``credentials`` carry: 401 without a valid key, 503 while the service has not read
+    every key yet (just started)."""
+    challenge = {"WWW-Authenticate": 'Bearer realm="ozg"'}
+    if credentials is None:
+        raise ProblemException(401, "An API key is required (Authorization: Bearer ...).",
+                               kind="unauthenticated", headers=challenge)
+    client = directory.authenticate(credentials.credentials)
+    if client is None and not directory.complete:
+        # The key may be one not read yet (a service just restarted): not a verdict on the key.
+        raise ProblemException(503, "The service is still reading its client directory; retry shortly.",
+                               kind="not-ready", headers={"Retry-After": "1"})
+    if client is None:
+        raise ProblemException(401, "The API key is unknown or revoked.", kind="unauthenticated",
+                               headers=challenge)
+    return client
+
+
 def require(directory: ClientDirectory, scope: str) -> Authenticator:
     """A FastAPI dependency that answers 401 without a valid key and 403 without ``scope``."""
 
     async def authenticate(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> ClientRecord:
-        challenge = {"WWW-Authenticate": 'Bearer realm="ozg"'}
-        if credentials is None:
-            raise ProblemException(401, "An API key is required (Authorization: Bearer ...).",
-                                   kind="unauthenticated", headers=challenge)
-        client = directory.authenticate(credentials.credentials)
-        if client is None and not directory.complete:
-            # The key may be one not read yet (a service just restarted): not a verdict on the key.
-            raise ProblemException(503, "The service is still reading its client directory; retry shortly.",
-                                   kind="not-ready", headers={"Retry-After": "1"})
-        if client is None:
-            raise ProblemException(401, "The API key is unknown or revoked.", kind="unauthenticated",
-                                   headers=challenge)
+        client = identify(directory, credentials)
         if scope not in client.scopes:
             raise ProblemException(403, f"The API key lacks the scope {scope!r}.", kind="forbidden")
         return client

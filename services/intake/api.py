@@ -40,7 +40,7 @@ from services.intake.store import (
     new_reference,
 )
 from shared import catalogue, topics
-from shared.auth import require
+from shared.auth import identify, require
 from shared.events import ApplicationSubmitted, AttachmentRef, CaseStatus, CaseStatusChanged, ClientRecord
 from shared.problems import RETRY_AFTER, ProblemException, responses
 from shared.runtime import Service
@@ -308,11 +308,7 @@ def create_router(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> ClientRecord:
         """Any live client (401 otherwise): who may download is decided per attachment."""
-        client = service.clients.authenticate(credentials.credentials) if credentials is not None else None
-        if client is None:
-            raise ProblemException(401, "A valid API key is required (Authorization: Bearer ...).",
-                                   kind="unauthenticated", headers={"WWW-Authenticate": 'Bearer realm="ozg"'})
-        return client
+        return identify(service.clients, credentials)
 
     download_client = limiter.dependency(any_client)
 

@@ -8,7 +8,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 from prometheus_client import CollectorRegistry
 
 from shared import clients
-from shared.auth import ClientDirectory, require
+from shared.auth import ClientDirectory, identify, require
 from shared.events import ClientKind
 from shared.kafka import make_broker
 from shared.problems import ProblemException
@@ -29,6 +29,10 @@ async def test_catch_up_returns_once_every_key_issued_before_is_known(kafka_sett
     assert early.value.status == 503
     assert early.value.headers is not None
     assert "Retry-After" in early.value.headers
+    # No key at all is a verdict at once (what intake's attachment download, which takes any client, relies on).
+    with pytest.raises(ProblemException) as missing:
+        identify(directory, None)
+    assert missing.value.status == 401
 
     await broker.start()
     try:
