@@ -21,6 +21,7 @@ from faststream import BaseMiddleware
 from prometheus_client import CollectorRegistry, Counter
 
 from shared.envelope import InvalidEvent, check_size
+from shared.redaction import safe_reason
 from shared.topics import dlq_topic
 
 if TYPE_CHECKING:
@@ -69,8 +70,8 @@ class DeadLetterPolicy:
         headers.update(
             {
                 "x-ozg-dlq-error": type(error).__name__,
-                # The message of our own InvalidEvent never holds input data; other errors are cut short.
-                "x-ozg-dlq-reason": str(error)[:500],
+                # Never the input itself: the topic's own ACLs guard the value, not those of whoever reads headers.
+                "x-ozg-dlq-reason": safe_reason(error),
                 "x-ozg-dlq-topic": record.topic,
                 "x-ozg-dlq-partition": str(record.partition),
                 "x-ozg-dlq-offset": str(record.offset),

@@ -44,3 +44,26 @@ async def test_a_value_even_the_dead_letter_topic_refuses_leaves_a_record_naming
         topic, "1", "42")
     assert headers["x-ozg-dlq-error"] == "InvalidEvent"
     assert headers["ce_id"] == "event-1"
+
+
+async def test_the_reason_header_never_quotes_the_input(kafka_settings: KafkaSettings) -> None:
+    """A handler's error may quote data (a database's DETAIL line): only its first line becomes the reason."""
+    topic = f"ozg.test.{uuid.uuid4().hex}"
+    await ensure_topics(kafka_settings, [TopicSpec(topic), TopicSpec(dlq_topic(topic))])
+    broker = KafkaBroker(kafka_settings.bootstrap_servers)
+    policy = DeadLetterPolicy(retries=0, backoff_s=0, registry=CollectorRegistry(), service="test")
+    policy.attach(broker)
+    await broker.start()
+    try:
+        record: ConsumerRecord[bytes, bytes] = ConsumerRecord(
+            topic=topic, partition=0, offset=7, timestamp=0, timestamp_type=0, key=b"k", value=b"{}",
+            checksum=None, serialized_key_size=1, serialized_value_size=2, headers=[],
+        )
+        error = ValueError('duplicate key value violates unique constraint\nDETAIL: Key (name)=(Erika Mustermann)')
+        await policy.dead_letter(record, error)
+    finally:
+        await broker.stop()
+    [dead] = await consume(kafka_settings, dlq_topic(topic), 1)
+    headers = {name: bytes(v).decode() for name, v in dead.headers}
+    assert headers["x-ozg-dlq-reason"] == "duplicate key value violates unique constraint"
+    assert headers["x-ozg-dlq-error"] == "ValueError"
