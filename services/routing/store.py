@@ -25,7 +25,7 @@ from services.routing.models import (
 from shared import topics
 from shared.envelope import OutgoingEvent
 from shared.events import CaseStatus
-from shared.idempotency import ProcessedEvent, first_delivery
+from shared.idempotency import ProcessedEvent, first_deliveries, first_delivery
 from shared.outbox import stage
 
 
@@ -129,9 +129,11 @@ class RoutingStore:
         """Record a batch of decisions, each with its event id, clearing case and webhook delivery, in one
         transaction."""
         with Session(self.engine) as session:
+            fresh = first_deliveries(session, self.CONSUMER, [decision[0] for decision in decisions])
             for event_id, case, clearing, webhook in decisions:
-                if not first_delivery(session, self.CONSUMER, event_id):
+                if event_id not in fresh:
                     continue
+                fresh.discard(event_id)  # the same event twice in one batch takes effect once
                 session.merge(case)
                 if clearing is not None:
                     session.merge(clearing)
