@@ -75,8 +75,8 @@ class ClientDirectory:
             return
         consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
                                     request_timeout_ms=settings.request_timeout_ms)
-        await consumer.start()
         try:
+            await consumer.start()  # inside: a failed start must still close what it opened
             await consumer.topics()  # fetches the metadata of every topic
             partitions = [TopicPartition(topics.CLIENTS, p)
                           for p in consumer.partitions_for_topic(topics.CLIENTS) or ()]

@@ -39,8 +39,9 @@ class ConsumerLag:
         # A group member that never subscribes reads the group's committed offsets without joining it.
         consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap_servers, group_id=group_id,
                                     enable_auto_commit=False, request_timeout_ms=self.settings.request_timeout_ms)
-        await consumer.start()
         try:
+            # Inside the try: a start that fails (broker away) must still close what it opened.
+            await consumer.start()
             pattern = re.compile(AUDITED_PATTERN)
             partitions = [
                 TopicPartition(topic, partition)

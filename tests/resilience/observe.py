@@ -37,8 +37,8 @@ async def read_topics(kafka: KafkaSettings, prefix: str = "ozg.") -> list[Record
     """Every record on every topic starting with ``prefix``, from the beginning to the current end."""
     consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap_servers, enable_auto_commit=False,
                                 auto_offset_reset="earliest")
-    await consumer.start()
     try:
+        await consumer.start()
         names = sorted(name for name in await consumer.topics() if name.startswith(prefix))
         partitions = [TopicPartition(name, p) for name in names
                       for p in sorted(consumer.partitions_for_topic(name) or ())]
@@ -64,8 +64,8 @@ async def read_topics(kafka: KafkaSettings, prefix: str = "ozg.") -> list[Record
 async def partition_counts(kafka: KafkaSettings, prefix: str = "ozg.") -> dict[str, int]:
     """How many partitions each topic starting with ``prefix`` has."""
     consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap_servers, enable_auto_commit=False)
-    await consumer.start()
     try:
+        await consumer.start()
         names = [name for name in await consumer.topics() if name.startswith(prefix)]
         return {name: len(consumer.partitions_for_topic(name) or ()) for name in sorted(names)}
     finally:

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import uuid
 from pathlib import Path
 
+import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaConnectionError
 from aiokafka.structs import OffsetAndMetadata
 from prometheus_client import CollectorRegistry, generate_latest
 
+from deploy.local.broker import free_port
 from services.routing.app import build
 from services.routing.settings import Settings
+from shared.auth import ClientDirectory
 from shared.lag import ConsumerLag
 from shared.settings import KafkaSettings
 from shared.topics import TopicSpec, ensure_topics
@@ -47,3 +53,17 @@ def test_a_service_measures_every_group_it_consumes_with(tmp_path: Path) -> None
     assert service.consumer_groups() == ["ozg-routing", "ozg-routing-status"]
     assert service.lag.groups() == service.consumer_groups()
     service.engine.dispose()
+
+
+async def test_a_probe_while_the_broker_is_away_leaves_no_client_open(caplog: pytest.LogCaptureFixture) -> None:
+    """Found by the broker-outage test: every failed probe (each lag interval of an outage) left a consumer open."""
+    nobody = KafkaSettings(bootstrap_servers=f"127.0.0.1:{free_port()}", request_timeout_ms=1000)
+    lag = ConsumerLag(nobody, lambda: ["ozg-test"], CollectorRegistry())
+    directory = ClientDirectory()
+    with pytest.raises(KafkaConnectionError):
+        await lag.measure()
+    with pytest.raises(KafkaConnectionError):
+        await directory.catch_up(nobody, timeout_s=1)
+    gc.collect()
+    await asyncio.sleep(0)
+    assert "Unclosed AIOKafkaConsumer" not in caplog.text
