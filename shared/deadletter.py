@@ -20,6 +20,7 @@ from aiokafka.errors import MessageSizeTooLargeError
 from faststream import BaseMiddleware
 from prometheus_client import CollectorRegistry, Counter
 
+from shared import backoff
 from shared.envelope import InvalidEvent, check_size
 from shared.redaction import safe_reason
 from shared.topics import dlq_topic
@@ -31,6 +32,14 @@ if TYPE_CHECKING:
     from faststream.message import StreamMessage
 
 log = logging.getLogger(__name__)
+
+BACKOFF_CAP_S = 10.0
+
+
+def batch_records(msg: StreamMessage[Any]) -> tuple[ConsumerRecord[Any, Any], ...]:
+    """The Kafka records of a batch subscriber's message (a lone record as a batch of one)."""
+    raw: Any = msg.raw_message
+    return tuple(raw) if isinstance(raw, tuple) else (raw,)
 
 
 class DeadLetterPolicy:
@@ -45,6 +54,8 @@ class DeadLetterPolicy:
         self.max_event_bytes = max_event_bytes
         self.service = service
         self.broker: KafkaBroker | None = None
+        # Consecutive failures of redelivered batches, by the topic of their first record.
+        self.batch_failures: dict[str, int] = {}
         self.dead_lettered = Counter(
             "ozg_dead_lettered_messages",
             "Messages moved to a dead-letter topic, by source topic and error class",
@@ -101,8 +112,7 @@ class _DeadLetterMiddleware(BaseMiddleware):
     async def consume_scope(self, call_next: AsyncFuncAny, msg: StreamMessage[Any]) -> Any:
         record = msg.raw_message
         if not isinstance(record, ConsumerRecord):
-            # Batch subscribers handle poison records themselves, one by one.
-            return await call_next(msg)
+            return await self._batch(call_next, msg, batch_records(msg))
         try:
             check_size(record.value, self.policy.max_event_bytes)
         except InvalidEvent as exc:
@@ -120,8 +130,26 @@ class _DeadLetterMiddleware(BaseMiddleware):
                 if attempt >= self.policy.retries:
                     await self.policy.dead_letter(record, exc)
                     return None
-                await asyncio.sleep(self.policy.backoff_s * 2**attempt)
                 attempt += 1
+                await asyncio.sleep(backoff.delay_s(attempt, base_s=self.policy.backoff_s, cap_s=BACKOFF_CAP_S))
+
+    async def _batch(
+        self, call_next: AsyncFuncAny, msg: StreamMessage[Any], records: tuple[ConsumerRecord[Any, Any], ...]
+    ) -> Any:
+        """Batch subscribers dead-letter poison records themselves, one by one; a batch that fails as a whole (the
+        broker or database away) is redelivered, after a growing pause so an outage is no busy loop."""
+        key = records[0].topic if records else ""
+        try:
+            result = await call_next(msg)
+        except Exception as exc:
+            failures = self.policy.batch_failures[key] = self.policy.batch_failures.get(key, 0) + 1
+            delay = backoff.delay_s(failures, base_s=self.policy.backoff_s, cap_s=BACKOFF_CAP_S)
+            log.warning("batch failed, redelivering", extra={"error": type(exc).__name__, "records": len(records),
+                                                             "retry_in_s": delay})
+            await asyncio.sleep(delay)
+            raise
+        self.policy.batch_failures.pop(key, None)
+        return result
 
     @staticmethod
     async def _pass_over(call_next: AsyncFuncAny, msg: StreamMessage[Any], record: ConsumerRecord[Any, Any]) -> None:

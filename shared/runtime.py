@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from faststream.kafka.subscriber.usecase import LogicSubscriber
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 
-from shared import db, problems, topics
+from shared import backoff, db, problems, topics
 from shared.auth import ClientDirectory
 from shared.kafka import make_broker
 from shared.lag import ConsumerLag
@@ -65,7 +65,7 @@ class Service:
 
     async def connect(self) -> None:
         """Create the topics and start the broker, retrying until Kafka is reachable."""
-        delay = 0.5
+        attempt = 0
         while True:
             try:
                 await topics.ensure_topics(self.settings.kafka, self.topic_specs)
@@ -73,12 +73,13 @@ class Service:
                 # Ready only with every client key read: before that, a valid key would look unknown.
                 await self.clients.catch_up(self.settings.kafka, timeout_s=CLIENTS_CATCH_UP_S)
             except Exception as exc:  # noqa: BLE001 - any failure to connect is retried
+                attempt += 1
+                delay = backoff.delay_s(attempt, base_s=0.5, cap_s=10.0)
                 log.warning("broker not reachable, retrying", extra={"error": type(exc).__name__,
                                                                        "retry_in_s": delay})
                 with contextlib.suppress(Exception):
                     await self.broker.stop()
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
                 continue
             self.broker_started.set()
             self._up.labels(self.name).set(1)

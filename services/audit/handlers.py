@@ -23,7 +23,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from services.audit.settings import Settings
 from services.audit.store import AuditStore, NewEntry
 from shared import events, topics
-from shared.deadletter import DeadLetterPolicy
+from shared.deadletter import DeadLetterPolicy, batch_records
 from shared.envelope import Envelope, InvalidEvent, parse_event
 from shared.events import CaseStatus, UnroutableReason
 from shared.kafka import group_subscription
@@ -159,25 +159,12 @@ def register(
     """Subscribe audit's batch consumer on ``broker``: a pattern subscription, so new topics join by themselves."""
     appended = Counter("ozg_audit_entries", "Entries appended to the audit chain, by event type", ["type"],
                        registry=registry)
-    failures = 0
 
     async def on_batch(msg: KafkaMessage) -> None:
-        nonlocal failures
-        raw: Any = msg.raw_message
-        records: tuple[ConsumerRecord[Any, Any], ...] = raw if isinstance(raw, tuple) else (raw,)
-        try:
-            rows = await record_batch(records, store, dead_letters.dead_letter,
-                                      max_bytes=settings.kafka.max_event_bytes)
-        except Exception as exc:
-            # Not an outage (append_patiently waits those out): a dead-letter publish or an unexpected database
-            # error. The batch is redelivered (NACK seeks back); back off so that is no busy loop.
-            failures += 1
-            delay = min(settings.kafka.dlq_backoff_s * 2 ** min(failures, 10), 10.0)
-            log.warning("audit batch failed, redelivering",
-                        extra={"error": type(exc).__name__, "records": len(records), "retry_in_s": delay})
-            await asyncio.sleep(delay)
-            raise
-        failures = 0
+        # A failure here is no outage (append_patiently waits those out) but a dead-letter publish or an unexpected
+        # database error: the dead-letter middleware redelivers the batch after a pause.
+        rows = await record_batch(batch_records(msg), store, dead_letters.dead_letter,
+                                  max_bytes=settings.kafka.max_event_bytes)
         for row in rows:
             event_type = row["event_type"]
             appended.labels(event_type if event_type in _KNOWN_TYPES else "other").inc()

@@ -28,6 +28,7 @@ from services.notify.ratelimit import TokenBucket
 from services.notify.settings import Settings
 from services.notify.store import NotifyStore
 from shared import events, topics
+from shared.backoff import delay_s
 from shared.envelope import build_event, derived_event_id
 from shared.events import NotificationOutcome, PersonalDataDeleted, ReplyChannel
 from shared.kafka import publish
@@ -45,8 +46,7 @@ def now_utc() -> datetime:
 
 def backoff(settings: Settings, attempts: int) -> timedelta:
     """The wait after the ``attempts``-th failed attempt: ``retry_backoff_s`` doubled per attempt, capped."""
-    seconds = settings.retry_backoff_s * 2 ** max(attempts - 1, 0)
-    return timedelta(seconds=min(seconds, settings.retry_backoff_max_s))
+    return timedelta(seconds=delay_s(attempts, base_s=settings.retry_backoff_s, cap_s=settings.retry_backoff_max_s))
 
 
 def next_step(settings: Settings, notification: Notification, delivery: Delivery, now: datetime) -> datetime | None:

@@ -8,10 +8,8 @@ the handler raises and the whole batch is redelivered; consumers de-duplicate on
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import UTC, datetime
-from typing import Any
 
 import anyio.to_thread
 from aiokafka import ConsumerRecord
@@ -23,6 +21,7 @@ from services.routing.publishing import OutboxPublisher
 from services.routing.registry import RoutingState
 from services.routing.settings import Settings
 from shared import events, topics, tracing
+from shared.deadletter import batch_records
 from shared.envelope import InvalidEvent, parse_event
 from shared.events import ApplicationSubmitted
 from shared.kafka import group_subscription, publish_all
@@ -42,16 +41,13 @@ def register(service: Service, state: RoutingState, publisher: OutboxPublisher, 
     )
     decisions = Counter("ozg_routing_decisions", "Routing decisions by outcome and rule", ["outcome", "rule"],
                         registry=service.registry)
-    failures = 0
     # The highest offset handled per partition. A lower one is a redelivery, or a topic a broker that lost its state
     # (a memory-only Tansu restarted, a cluster rebuilt) has started afresh: then the destinations' topics are gone
     # too and are created again before use, not left to the broker's auto-creation (off in production).
     handled: dict[tuple[str, int], int] = {}
 
     async def on_submitted(msg: KafkaMessage) -> None:
-        nonlocal failures
-        raw: Any = msg.raw_message
-        records: tuple[ConsumerRecord[bytes, bytes], ...] = raw if isinstance(raw, tuple) else (raw,)
+        records: tuple[ConsumerRecord[bytes, bytes], ...] = batch_records(msg)
         if any(record.offset <= handled.get((record.topic, record.partition), -1) for record in records):
             state.forget_topics()
         for record in records:
@@ -96,17 +92,11 @@ def register(service: Service, state: RoutingState, publisher: OutboxPublisher, 
             # Withdrawals that overtook their case apply now: after the dispatched events, which are on the topic.
             withdrawn = await anyio.to_thread.run_sync(publisher.withdrawals.apply_early,
                                                        [application.case_id for _, _, application in parsed])
-        except Exception as exc:
-            # The batch is redelivered (NACK seeks back); back off so a broker or database outage is no busy loop.
-            failures += 1
-            # A destination's topic may be gone with a broker that lost its state: created again on the retry.
+        except Exception:
+            # Redelivered after a pause by the dead-letter middleware. A destination's topic may be gone with a
+            # broker that lost its state: created again on the retry.
             state.forget_topics()
-            delay = min(settings.kafka.dlq_backoff_s * 2 ** min(failures, 10), 10.0)
-            log.warning("batch failed, redelivering", extra={"error": type(exc).__name__, "records": len(records),
-                                                             "retry_in_s": delay})
-            await asyncio.sleep(delay)
             raise
-        failures = 0
         for case_id in withdrawn:
             # If the broker is away now, the outbox sweep publishes it later.
             await publisher.flush(str(case_id), timeout_s=settings.status_publish_timeout_s)

@@ -21,7 +21,6 @@ import hashlib
 import hmac
 import ipaddress
 import logging
-import random
 import time
 import uuid
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from sqlmodel import Session, col, select
 
 from services.routing.models import Destination, WebhookAttempt, WebhookDelivery
 from services.routing.settings import Settings
+from shared import backoff
 from shared.envelope import OutgoingEvent
 
 log = logging.getLogger(__name__)
@@ -59,13 +59,6 @@ def delivery_for(destination: Destination, event: OutgoingEvent, case_id: uuid.U
         event_id=event.event_id, destination_id=destination.destination_id, case_id=case_id,
         headers=headers, body=event.value.decode(),
     )
-
-
-def backoff_s(attempt: int, base_s: float, cap_s: float) -> float:
-    """Exponential back-off with jitter ("equal jitter") for the ``attempt``-th retry (1-based): half the
-    exponential delay plus a random share of the other half, so replicas and destinations don't retry in step."""
-    delay: float = min(cap_s, base_s * 2.0 ** (attempt - 1))
-    return delay / 2 + random.uniform(0, delay / 2)
 
 
 def _loopback(url: str) -> bool:
@@ -191,8 +184,9 @@ class WebhookSender:
             result = await self._post(client, destination.webhook_url, destination.webhook_secret, delivery)
         next_at = None
         if result.outcome == RETRY:
-            next_at = datetime.now(UTC) + timedelta(seconds=backoff_s(
-                attempt_no, self.settings.webhook_backoff_base_s, self.settings.webhook_backoff_max_s))
+            next_at = datetime.now(UTC) + timedelta(seconds=backoff.delay_s(
+                attempt_no, base_s=self.settings.webhook_backoff_base_s, cap_s=self.settings.webhook_backoff_max_s,
+                jitter=True))
             if next_at > delivery.created_at + timedelta(seconds=self.settings.webhook_max_age_s):
                 result = Attempt(FAILED, result.status_code, f"gave up after {attempt_no} attempts: {result.error}")
         await anyio.to_thread.run_sync(self.store.settle, delivery.delivery_id, attempt_no, result, next_at)
