@@ -26,6 +26,7 @@ from services.notify.store import Claimed, NotifyStore
 from shared import events, topics
 from shared.envelope import Envelope, InvalidEvent
 from shared.events import (
+    ENDED_STATUSES,
     ApplicationRouted,
     ApplicationSubmitted,
     ApplicationUnroutable,
@@ -50,7 +51,6 @@ ANNOUNCED_STATUSES = frozenset(
 )
 
 # The statuses that end a case: the retention period of its contact data runs from the first of them (SPEC §7).
-ENDING_STATUSES = frozenset({CaseStatus.CLOSED, CaseStatus.WITHDRAWN, CaseStatus.REJECTED})
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ def trigger_of(envelope: Envelope) -> Trigger | None:
                 "message": changed.message,
                 "problems": [problem.title for problem in changed.problems],
             },
-            ends_case=changed.status in ENDING_STATUSES,
+            ends_case=changed.status in ENDED_STATUSES,
         )
     raise InvalidEvent(f"notify does not expect {envelope.type}")
 
@@ -155,6 +155,11 @@ class Notifier:
                 return
             # The submitted event travels on another topic and may come later: park this one until it does.
             await anyio.to_thread.run_sync(self.store.park, parked_event(envelope, trigger.case_id))
+            return
+        # The case ended before this event was read (a withdrawal overtook routing's decision, which travels on
+        # another topic): "your case is with …" after "your withdrawal is confirmed" would mislead.
+        if (contact.ended_at is not None and not trigger.ends_case and trigger.contact is None
+                and await anyio.to_thread.run_sync(self.store.pass_over, envelope.id)):
             return
         await self._claim_and_deliver(envelope, trigger, contact)
         if trigger.contact is not None:

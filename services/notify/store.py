@@ -79,6 +79,13 @@ class NotifyStore:
         with self._session() as session:
             return session.get(ProcessedEvent, (self.CONSUMER, event_id)) is not None
 
+    def pass_over(self, event_id: str) -> bool:
+        """Record ``event_id`` as processed without a message; False if it was processed before (idempotent)."""
+        with self._session() as session:
+            first = first_delivery(session, self.CONSUMER, event_id)
+            session.commit()
+            return first
+
     def notification(self, notification_id: UUID) -> Notification | None:
         """One notification."""
         with self._session() as session:

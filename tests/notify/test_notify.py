@@ -22,7 +22,9 @@ from aiokafka import ConsumerRecord
 from deploy.local.broker import free_port
 from services.notify.app import build
 from services.notify.settings import Settings
+from services.notify.store import NotifyStore
 from shared import events, topics
+from shared.db import make_engine
 from shared.envelope import OutgoingEvent, build_event, derived_event_id, parse_event
 from shared.events import (
     Applicant,
@@ -416,3 +418,23 @@ async def test_status_events_announced_elsewhere_send_nothing(
         messages = await mail_about(mailbox, case.reference, 2)
         assert len(messages) == 2
         assert "Verfahren abgeschlossen" in messages[1].subject
+
+
+async def test_nothing_more_is_said_about_a_case_that_ended(
+    tmp_path: Path, kafka_settings: KafkaSettings, mailbox: Mailbox
+) -> None:
+    """A withdrawal that overtook routing's decision: the routed event read afterwards sends no "your case is with"
+    mail after the withdrawal was confirmed, and is still consumed (not parked, not dead-lettered)."""
+    case = Case()
+    url = sqlite_url(tmp_path)
+    async with notify(kafka_settings, url, mailbox.port):
+        await send(kafka_settings, topics.SUBMITTED, case.submitted())
+        await send(kafka_settings, topics.CASE_STATUS, case.status(CaseStatus.WITHDRAWN))
+        receipt, withdrawn = await mail_about(mailbox, case.reference, 2)
+        routed = case.routed()
+        await send(kafka_settings, topics.ROUTED, routed)
+        store = NotifyStore(make_engine(url))
+        await wait_until(lambda: store.processed(routed.event_id))
+        await asyncio.sleep(0.5)  # a mail, were one sent, leaves right after the event is recorded
+        assert mailbox.about(case.reference) == [receipt, withdrawn]
+        assert store.parked(case.case_id) == []
