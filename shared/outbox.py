@@ -17,7 +17,8 @@ from datetime import UTC, datetime
 from typing import TypeVar
 
 import anyio.to_thread
-from sqlalchemy import Engine, Text, delete, update
+from prometheus_client import CollectorRegistry, Gauge
+from sqlalchemy import Engine, Text, delete, func, update
 from sqlmodel import JSON, Column, Field, Session, SQLModel, col, select
 
 from shared.envelope import OutgoingEvent
@@ -74,6 +75,13 @@ class OutboxStore:
         with Session(self.engine) as session:
             return list(session.exec(query.order_by(col(OutboxEntry.seq)).limit(limit)).all())
 
+    def backlog(self) -> tuple[int, datetime | None]:
+        """How many entries are unsent, and when the oldest of them was stored."""
+        query = select(func.count(), func.min(OutboxEntry.created_at)).where(col(OutboxEntry.sent_at).is_(None))
+        with Session(self.engine) as session:
+            count, oldest = session.exec(query).one()
+            return int(count), oldest
+
     def mark_sent(self, entry: OutboxEntry) -> None:
         """The broker acknowledged the entry's event."""
         with self.engine.begin() as connection:
@@ -86,6 +94,25 @@ class OutboxStore:
         with self.engine.begin() as connection:
             result = connection.execute(delete(OutboxEntry).where(col(OutboxEntry.sent_at) < before))
             return result.rowcount
+
+
+class Backlog:
+    """The outbox's backlog on /metrics. Nothing in an outbox is lost, but while the broker refuses its oldest event
+    nothing behind it arrives either: a wait that only grows is what the ``OzgOutboxStuck`` alert watches."""
+
+    def __init__(self, registry: CollectorRegistry, service: str) -> None:
+        self._unsent = Gauge("ozg_outbox_unsent", "Outgoing events stored but not yet acknowledged by the broker",
+                             ["service"], registry=registry).labels(service)
+        self._age = Gauge("ozg_outbox_oldest_unsent_age_seconds",
+                          "How long the oldest outgoing event not yet acknowledged has waited (0: none)",
+                          ["service"], registry=registry).labels(service)
+
+    def observe(self, count: int, oldest: datetime | None) -> None:
+        """Export a backlog read from the database."""
+        self._unsent.set(count)
+        if oldest is not None and oldest.tzinfo is None:
+            oldest = oldest.replace(tzinfo=UTC)  # SQLite keeps no zone; every time stored is UTC
+        self._age.set(0.0 if oldest is None else max((datetime.now(UTC) - oldest).total_seconds(), 0.0))
 
 
 async def relay(items: Sequence[T], publish: Callable[[T], Awaitable[None]], settle: Callable[[T], object],

@@ -16,6 +16,7 @@ from services.intake.publishing import SubmissionPublisher, outbox_job
 from services.intake.ratelimit import RateLimiter, RateLimitHeaders
 from services.intake.settings import Settings
 from services.intake.store import IntakeStore
+from shared.outbox import Backlog
 from shared.runtime import Service
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -57,7 +58,9 @@ def build(settings: Settings | None = None) -> tuple[Service, FastAPI]:
     blobs = blob_store(settings)
     limiter = RateLimiter(settings.rate_limit)
     handlers.register(service.broker, store, settings)
-    service.background.append(outbox_job(store, publisher, settings.outbox_after_s, settings.outbox_interval_s))
+    backlog = Backlog(service.registry, service.name)
+    service.background.append(
+        outbox_job(store, publisher, backlog, settings.outbox_after_s, settings.outbox_interval_s))
     service.background.append(sweep_job(store, blobs, settings.unreferenced_attachment_ttl_s,
                                         settings.attachment_sweep_interval_s))
     app = service.create_app(

@@ -16,7 +16,7 @@ from shared import events, topics
 from shared.envelope import OutgoingEvent, build_event
 from shared.events import ApplicationSubmitted, CaseStatusChanged
 from shared.kafka import publish
-from shared.outbox import periodic, relay
+from shared.outbox import Backlog, periodic, relay
 from shared.runtime import Service
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,12 @@ async def republish_pending(store: IntakeStore, publisher: SubmissionPublisher, 
 
 
 def outbox_job(
-    store: IntakeStore, publisher: SubmissionPublisher, older_than_s: float, interval_s: float
+    store: IntakeStore, publisher: SubmissionPublisher, backlog: Backlog, older_than_s: float, interval_s: float
 ) -> Callable[[], Awaitable[None]]:
-    """A background job: sweep the outbox at start-up and every ``interval_s`` seconds."""
-    return periodic("outbox sweep", interval_s, lambda: republish_pending(store, publisher, older_than_s))
+    """A background job: sweep the outbox at start-up and every ``interval_s`` seconds, then export its backlog."""
+
+    async def sweep() -> None:
+        await republish_pending(store, publisher, older_than_s)
+        backlog.observe(*await anyio.to_thread.run_sync(store.pending_backlog))
+
+    return periodic("outbox sweep", interval_s, sweep)

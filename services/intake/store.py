@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from uuid import UUID
 
-from sqlalchemy import Engine, delete, update
+from sqlalchemy import Engine, delete, func, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -74,7 +74,9 @@ class IntakeStore:
 
     def reserve(self, candidate: Case, attachment_ids: Sequence[UUID] = ()) -> Reservation:
         """Reserve ``candidate`` under its (client, idempotency key) and bind its attachments, or say why not."""
-        with Session(self.engine) as session:
+        # The objects keep their values after commit (all set here, none by the database): reloading them cost a
+        # quarter of a submission's database time (make bench's profile).
+        with Session(self.engine, expire_on_commit=False) as session:
             existing = session.exec(
                 select(Case).where(Case.client_id == candidate.client_id,
                                    Case.idempotency_key == candidate.idempotency_key)
@@ -101,7 +103,6 @@ class IntakeStore:
                 # The same key raced us to the unique index, or (once in 2^40) the reference collided.
                 session.rollback()
                 return InFlight()
-            session.refresh(candidate)
             return Reserved(candidate)
 
     def accept(self, case_id: UUID) -> Case:
@@ -109,7 +110,7 @@ class IntakeStore:
 
         The stored event data is dropped: from now on the personal data lives downstream, not in intake's outbox.
         """
-        with Session(self.engine) as session:
+        with Session(self.engine, expire_on_commit=False) as session:
             case = session.get_one(Case, case_id, with_for_update=True)
             if case.state != CaseState.ACCEPTED:
                 case.state = CaseState.ACCEPTED
@@ -117,7 +118,6 @@ class IntakeStore:
                 session.add(CaseHistory(case_id=case_id, status=CaseStatus.SUBMITTED, at=case.submitted_at))
                 session.add(case)
                 session.commit()
-                session.refresh(case)
             return case
 
     def release(self, case_id: UUID) -> None:
@@ -130,6 +130,14 @@ class IntakeStore:
                 )
                 session.delete(case)
                 session.commit()
+
+    def pending_backlog(self) -> tuple[int, datetime | None]:
+        """How many cases are pending (their submitted event not yet acknowledged), and since when the oldest."""
+        with Session(self.engine) as session:
+            count, oldest = session.exec(
+                select(func.count(), func.min(Case.submitted_at)).where(Case.state == CaseState.PENDING)
+            ).one()
+            return int(count), oldest
 
     def pending_before(self, cutoff: datetime, limit: int = 100) -> list[Case]:
         """Cases still pending that were reserved before ``cutoff``: the outbox to publish again."""

@@ -15,7 +15,7 @@ from services.routing.settings import Settings
 from services.routing.withdrawals import WithdrawalStore
 from shared import topics
 from shared.kafka import publish
-from shared.outbox import OutboxEntry, OutboxStore, relay
+from shared.outbox import Backlog, OutboxEntry, OutboxStore, relay
 from shared.runtime import Service
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,7 @@ class OutboxPublisher:
         self.state = state
         self.settings = settings
         self.outbox = OutboxStore(service.engine)
+        self.backlog = Backlog(service.registry, service.name)
         self.withdrawals = WithdrawalStore(service.engine)
         # Service.connect() created the topics before the broker started.
         self._topics_known = True
@@ -71,3 +72,4 @@ class OutboxPublisher:
         await self.flush(before=now - timedelta(seconds=self.settings.outbox_after_s))
         await anyio.to_thread.run_sync(
             self.outbox.purge_sent, now - timedelta(seconds=self.settings.outbox_keep_sent_s))
+        self.backlog.observe(*await anyio.to_thread.run_sync(self.outbox.backlog))

@@ -184,13 +184,16 @@ async def test_outbox_publishes_a_case_left_pending(
         assert pending.submission is not None
         # Younger than the threshold: left alone (its request may still be waiting for the broker).
         assert await republish_pending(store, publisher, older_than_s=3600) == 0
+        two_hours_ago = datetime.now(UTC) - timedelta(hours=2)
         with Session(service.engine) as session:
             row = session.get_one(Case, pending.case_id)
-            row.submitted_at = datetime.now(UTC) - timedelta(hours=2)
+            row.submitted_at = two_hours_ago
             session.add(row)
             session.commit()
+        assert store.pending_backlog() == (1, two_hours_ago)
         assert await republish_pending(store, publisher, older_than_s=3600) == 1
         assert await republish_pending(store, publisher, older_than_s=3600) == 0
+        assert store.pending_backlog() == (0, None)
 
         [accepted] = cases(service.engine)
         assert accepted.state == CaseState.ACCEPTED

@@ -18,6 +18,7 @@ from shared import topics
 from shared.envelope import parse_event
 from shared.events import CaseStatus, CaseStatusChanged
 from shared.outbox import OutboxEntry
+from shared.runtime import Service
 from shared.settings import KafkaSettings
 from tests.routing.test_status import add_case, bearer, body_for, destination_key, status_of
 from tests.support import consume, running, wait_until
@@ -37,6 +38,11 @@ def brokers() -> Iterator[list[Tansu]]:
 def outbox(engine: object) -> list[OutboxEntry]:
     with Session(engine) as session:  # type: ignore[call-overload]
         return list(session.exec(select(OutboxEntry).order_by(OutboxEntry.seq)).all())
+
+
+def backlog(service: Service) -> float | None:
+    """The routing outbox's backlog as /metrics shows it."""
+    return service.registry.get_sample_value("ozg_outbox_unsent", {"service": "routing"})
 
 
 def first_of_each(case_id: uuid.UUID) -> Callable[[ConsumerRecord[bytes, bytes]], bool]:
@@ -78,6 +84,10 @@ async def test_a_change_made_while_the_broker_is_down_is_published_when_it_is_ba
         event_ids = [a.json()["event_id"] for a in answers]
         assert [e.event_id for e in outbox(service.engine)] == event_ids
         assert all(e.sent_at is None for e in outbox(service.engine))
+        # Operators see the backlog and how long its oldest event has waited (the OzgOutboxStuck alert).
+        await wait_until(lambda: backlog(service) == 2, timeout_s=30)
+        await wait_until(lambda: (service.registry.get_sample_value(
+            "ozg_outbox_oldest_unsent_age_seconds", {"service": "routing"}) or 0) > 0.2)
 
         # A new, empty broker on the same port: the sweep recreates the topics and publishes, in order.
         brokers.append(Tansu(port=first.port, log_path=tmp_path / "tansu-2.log").start())
@@ -88,6 +98,8 @@ async def test_a_change_made_while_the_broker_is_down_is_published_when_it_is_ba
         envelopes = [parse_event(r.headers, r.value, r.key) for r in records]
         assert [e.id for e in envelopes] == event_ids
         assert [e.data_as(CaseStatusChanged).status for e in envelopes] == [S.RECEIVED, S.IN_PROGRESS]
+        await wait_until(lambda: backlog(service) == 0)
+        assert service.registry.get_sample_value("ozg_outbox_oldest_unsent_age_seconds", {"service": "routing"}) == 0
 
         # With the broker back, a report is published before the answer.
         done = await client.post(url, json=body_for(S.INFORMATION_REQUESTED), headers=bearer(key))
