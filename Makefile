@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck contracts pytest system-tools clean
+.PHONY: run test lint typecheck contracts pytest system-tools bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11+ is required"; exit 1; }
@@ -17,7 +17,7 @@ run: $(STAMP)
 	$(BIN)/python -m deploy.local
 
 lint: $(STAMP)
-	$(BIN)/ruff check services shared deploy tests
+	$(BIN)/ruff check services shared deploy tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy --strict services shared
@@ -38,6 +38,13 @@ pytest: $(STAMP) system-tools
 	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 test: lint typecheck contracts pytest
+
+# SPEC §9 measured on a real local system (about 8 minutes; not part of `make test`): prints a table and writes
+# bench/results.json. HTTP load comes from Debian's wrk, installed when missing (as root).
+bench: $(STAMP)
+	@command -v wrk >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
+	$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) .run .mypy_cache .ruff_cache .pytest_cache
