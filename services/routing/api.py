@@ -46,7 +46,6 @@ from shared.events import (
     Region,
     ResolvedRegion,
 )
-from shared.kafka import publish_all
 from shared.problems import ProblemException, validation_errors
 from shared.runtime import Service
 
@@ -112,7 +111,7 @@ def _destination_out(destination: Destination) -> DestinationOut:
     )
 
 
-def create_operator_router(service: Service, state: RoutingState) -> APIRouter:
+def create_operator_router(service: Service, state: RoutingState, publisher: OutboxPublisher) -> APIRouter:
     """The operator's routes: the destination registry and clearing."""
     router = APIRouter(prefix="/v1")
     can_write = Depends(require(service.clients, "destinations:write"))
@@ -219,11 +218,14 @@ def create_operator_router(service: Service, state: RoutingState) -> APIRouter:
                                  manual=True)
         try:
             await state.ensure_topic(service.settings.kafka, destination.destination_id)
-            await publish_all(service.broker, outcome.publish)
         except Exception as exc:
             raise ProblemException(503, "The broker is not reachable; the case stays in clearing.",
                                    kind="unavailable", headers={"Retry-After": "5"}) from exc
-        await anyio.to_thread.run_sync(store.resolve_clearing, outcome.case, outcome.webhook)
+        if not await anyio.to_thread.run_sync(store.resolve_clearing, outcome.case, outcome.publish, outcome.webhook):
+            raise ProblemException(409, "The case left clearing meanwhile (withdrawn, or routed by someone else).",
+                                   kind="left-clearing")
+        # Stored with the decision: if the broker is slow now, the outbox sweep publishes the events later.
+        await publisher.flush(str(case_id), timeout_s=publisher.settings.status_publish_timeout_s)
         return ManualRoutingDone(case_id=case_id, status=CaseStatus.ROUTED, destination_id=destination.destination_id,
                                  authority=authority, rule=MANUAL_RULE)
 

@@ -50,7 +50,7 @@ def build(settings: Settings | None = None) -> tuple[Service, FastAPI]:
     app = service.create_app(
         title="OZG routing",
         description="Finds the competent authority for a service and a place and dispatches cases to it.",
-        routers=[api.create_router(state), api.create_operator_router(service, state),
+        routers=[api.create_router(state), api.create_operator_router(service, state, publisher),
                  api.create_destination_router(service, state, publisher)],
     )
     return service, app

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from uuid import UUID
 
-from sqlalchemy import Engine, tuple_, update
+from sqlalchemy import Engine, delete, tuple_, update
 from sqlmodel import Session, col, select
 
 from services.routing.directory import Directory, Gemeinde, Kreis, Land, Verband
@@ -163,16 +164,26 @@ class RoutingStore:
         with Session(self.engine) as session:
             return session.get(ClearingCase, case_id)
 
-    def resolve_clearing(self, case: RoutedCase, webhook: WebhookDelivery | None = None) -> None:
-        """A case left clearing: record the decision and delete the kept application (its personal data)."""
+    def resolve_clearing(
+        self, case: RoutedCase, publish: Sequence[tuple[str, OutgoingEvent]], webhook: WebhookDelivery | None = None,
+    ) -> bool:
+        """Route a case out of clearing by hand: take it out (deleting the kept application, its personal data),
+        record the decision and put its events into the outbox, in one transaction.
+
+        False when the case is no longer in clearing: a withdrawal, or another operator, took it out meanwhile.
+        Whoever deletes the row first wins, so a withdrawal is never overwritten by a late manual decision.
+        """
         with Session(self.engine) as session:
+            taken = session.exec(delete(ClearingCase).where(col(ClearingCase.case_id) == case.case_id))
+            if taken.rowcount != 1:
+                return False
             if webhook is not None and session.get(WebhookDelivery, webhook.delivery_id) is None:
                 session.add(webhook)
-            waiting = session.get(ClearingCase, case.case_id)
-            if waiting is not None:
-                session.delete(waiting)
             session.merge(case)
+            for topic, event in publish:
+                stage(session, topic, event)
             session.commit()
+            return True
 
     def case(self, case_id: UUID) -> RoutedCase | None:
         """Routing's record of a case."""

@@ -10,15 +10,18 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlmodel import Session, select
 
 from services.routing.app import build
 from services.routing.lifecycle import TRANSITIONS, allowed_next
 from services.routing.models import RoutedCase
+from services.routing.registry import RoutingState
 from services.routing.settings import Settings
 from services.routing.store import RoutingStore
 from shared import events, topics
 from shared.envelope import build_event, parse_event
 from shared.events import CaseStatus, CaseStatusChanged, ClientKind
+from shared.outbox import OutboxEntry
 from shared.runtime import Service
 from shared.settings import KafkaSettings
 from tests.factories import WOHNSITZ, submitted
@@ -388,3 +391,39 @@ async def test_a_withdrawn_case_leaves_clearing(settings: Settings, kafka_settin
         by_hand = await client.post(f"/v1/clearing/{case_id}", headers=bearer(operator),
                                     json={"destination_id": str(STADT_KELHEIM), "region": {"ags": "09273137"}})
         assert by_hand.status_code == 404
+
+
+async def test_a_withdrawal_during_routing_by_hand_wins(
+    settings: Settings, kafka_settings: KafkaSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The withdrawal is applied while an operator's manual routing awaits the broker: the operator gets 409, the
+    case stays withdrawn, and no routed or dispatched event is on its way."""
+    service, app = build(settings.model_copy(update={"demo_destinations": True}))
+    async with running(service, app) as client:
+        _, operator = await issue_key(kafka_settings, ClientKind.OPERATOR, service=service)
+        application = submitted(WOHNSITZ, {"postal_code": "86695"})  # ambiguous: waits in clearing
+        event = build_event(event_type=events.SUBMITTED_V1, source="/test", subject=str(application.case_id),
+                            data=application)
+        await produce(kafka_settings, topics.SUBMITTED, event.value, event.headers, event.key)
+        case_id = application.case_id
+        store = RoutingStore(service.engine)
+        await wait_until(lambda: store.clearing_case(case_id) is not None)
+
+        event_id, withdrawn = withdrawal(case_id, S.UNROUTABLE)
+        ensure_topic = RoutingState.ensure_topic
+
+        async def withdrawn_meanwhile(self: RoutingState, kafka: KafkaSettings, destination_id: uuid.UUID) -> None:
+            await produce(kafka_settings, topics.CASE_STATUS, withdrawn.value, withdrawn.headers, withdrawn.key)
+            await wait_until(lambda: store.status_processed(event_id))
+            await ensure_topic(self, kafka, destination_id)
+
+        monkeypatch.setattr(RoutingState, "ensure_topic", withdrawn_meanwhile)
+        by_hand = await client.post(f"/v1/clearing/{case_id}", headers=bearer(operator),
+                                    json={"destination_id": str(STADT_KELHEIM), "region": {"ags": "09273137"}})
+        assert by_hand.status_code == 409, by_hand.text
+        assert by_hand.json()["type"].endswith("left-clearing")
+        assert status_of(service, case_id) == S.WITHDRAWN
+        with Session(service.engine) as session:
+            staged = session.exec(select(OutboxEntry.event_type).where(OutboxEntry.key == str(case_id))).all()
+        assert events.ROUTED_V1 not in staged
+        assert events.DISPATCHED_V1 not in staged
