@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 BackgroundTask = Callable[[], Awaitable[None]]
 # How long a start may take to read ozg.clients before it counts as failed and is retried.
 CLIENTS_CATCH_UP_S = 60.0
+# The broker is pinged every BROKER_WATCH_INTERVAL_S seconds and counts as lost after BROKER_LOST_AFTER_PINGS failed
+# pings in a row: long enough to ride out a slow answer, short enough to notice before a restarted broker is back.
+BROKER_WATCH_INTERVAL_S = 1.0
+BROKER_LOST_AFTER_PINGS = 3
 
 
 class Service:
@@ -49,7 +53,7 @@ class Service:
         self.on_start: list[BackgroundTask] = []
         self.background: list[BackgroundTask] = []
         self.lag = ConsumerLag(settings.kafka, self.consumer_groups, self.registry)
-        self.background.append(self._measure_lag)
+        self.background += [self._measure_lag, self.watch_broker]
         self.broker_started = asyncio.Event()
         self._up = Gauge("ozg_service_up", "1 while the service is connected to its broker", ["service"],
                          registry=self.registry)
@@ -63,8 +67,8 @@ class Service:
         """Run this service's Alembic migrations to head."""
         db.migrate(self.engine, self.migrations, self.name)
 
-    async def connect(self) -> None:
-        """Create the topics and start the broker, retrying until Kafka is reachable."""
+    async def connect(self, *, cap_s: float = 10.0) -> None:
+        """Create the topics and start the broker, retrying (at most every ``cap_s``) until Kafka is reachable."""
         attempt = 0
         while True:
             try:
@@ -74,7 +78,7 @@ class Service:
                 await self.clients.catch_up(self.settings.kafka, timeout_s=CLIENTS_CATCH_UP_S)
             except Exception as exc:  # noqa: BLE001 - any failure to connect is retried
                 attempt += 1
-                delay = backoff.delay_s(attempt, base_s=0.5, cap_s=10.0)
+                delay = backoff.delay_s(attempt, base_s=0.5, cap_s=cap_s)
                 log.warning("broker not reachable, retrying", extra={"error": type(exc).__name__,
                                                                        "retry_in_s": delay})
                 with contextlib.suppress(Exception):
@@ -85,6 +89,32 @@ class Service:
             self._up.labels(self.name).set(1)
             log.info("connected to broker", extra={"bootstrap": self.settings.kafka.bootstrap_servers})
             return
+
+    async def watch_broker(self) -> None:
+        """Connect afresh once the broker was unreachable for a few seconds (a background job).
+
+        A broker may come back without its state (a memory-only Tansu restarted, a cluster rebuilt): its topics start
+        again at offset 0 and the groups' offsets are gone. A running consumer would go on from its old positions,
+        skip the new topics' first records and commit those positions (Tansu takes the commit of a member it no
+        longer knows). Consumers started afresh have no positions: they take the group's committed offsets or, with
+        none, begin at the beginning (``auto_offset_reset=earliest``); what they see again is dropped by ``ce_id``.
+        """
+        failures = 0
+        while True:
+            await asyncio.sleep(BROKER_WATCH_INTERVAL_S)
+            if await self.broker.ping(timeout=2 * BROKER_WATCH_INTERVAL_S):
+                failures = 0
+                continue
+            failures += 1
+            if failures < BROKER_LOST_AFTER_PINGS:
+                continue
+            log.warning("broker unreachable, connecting afresh", extra={"failed_pings": failures})
+            self.broker_started.clear()
+            self._up.labels(self.name).set(0)
+            with contextlib.suppress(Exception):
+                await self.broker.stop()
+            await self.connect(cap_s=BROKER_WATCH_INTERVAL_S)
+            failures = 0
 
     async def _measure_lag(self) -> None:
         await self.lag.run(self.settings.kafka.lag_interval_s)
