@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -11,6 +10,8 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 from mypy_boto3_s3 import S3Client
+
+from deploy.local.broker import free_port
 
 S3_REGION = "eu-central-1"
 S3_ACCESS_KEY_ID = "intake-test"
@@ -24,13 +25,6 @@ class S3Bucket:
     endpoint_url: str
     name: str
     client: S3Client
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="session")
