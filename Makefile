@@ -39,7 +39,7 @@ pytest: $(STAMP) system-tools
 
 test: lint typecheck contracts pytest
 
-# SPEC §9 measured on a real local system (about 8 minutes; not part of `make test`): prints a table and writes
+# SPEC §9 measured on a real local system (about 5 minutes; not part of `make test`): prints a table and writes
 # bench/results.json. HTTP load comes from Debian's wrk, installed when missing (as root).
 bench: $(STAMP)
 	@command -v wrk >/dev/null || { \
