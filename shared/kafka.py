@@ -112,8 +112,30 @@ def read_event(msg: KafkaMessage) -> Envelope:
     return parse_event(record.headers, record.value, record.key)
 
 
+class BrokerHeld(ConnectionError):
+    """The service lost its broker and has not connected afresh yet (``Service.watch_broker``)."""
+
+
+# Brokers held while their service connects afresh: a broker that came back empty gets its topics from
+# ensure_topics first, never from the auto-creation a stray publish (or its metadata request) would cause.
+_held: weakref.WeakSet[KafkaBroker] = weakref.WeakSet()
+
+
+def hold(broker: KafkaBroker) -> None:
+    """Refuse every publish through ``broker`` (BrokerHeld) until ``release``."""
+    _held.add(broker)
+
+
+def release(broker: KafkaBroker) -> None:
+    """Publish through ``broker`` again; topics count as new (see publish_all)."""
+    _held.discard(broker)
+    _warm_topics.pop(broker, None)
+
+
 async def publish(broker: KafkaBroker, topic: str, event: OutgoingEvent) -> None:
     """Publish one event and wait until the broker acknowledged it (acks=all)."""
+    if broker in _held:
+        raise BrokerHeld("the service is connecting to its broker afresh")
     await broker.publish(event.value, topic, key=event.key, headers=event.headers)
 
 
@@ -124,6 +146,8 @@ _warm_topics: weakref.WeakKeyDictionary[KafkaBroker, set[str]] = weakref.WeakKey
 
 async def publish_all(broker: KafkaBroker, batch: Sequence[tuple[str, OutgoingEvent]]) -> None:
     """Publish several events concurrently and wait for every acknowledgement; any failure raises."""
+    if broker in _held:
+        raise BrokerHeld("the service is connecting to its broker afresh")
     known = _warm_topics.setdefault(broker, set())
     warm: list[tuple[str, OutgoingEvent]] = []
     for topic, event in batch:

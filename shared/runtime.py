@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from faststream.kafka.subscriber.usecase import LogicSubscriber
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 
-from shared import backoff, db, problems, topics
+from shared import backoff, db, kafka, problems, topics
 from shared.auth import ClientDirectory
 from shared.kafka import make_broker
 from shared.lag import ConsumerLag
@@ -73,6 +73,7 @@ class Service:
         while True:
             try:
                 await topics.ensure_topics(self.settings.kafka, self.topic_specs)
+                kafka.release(self.broker)  # the topics exist: publishing cannot auto-create them any more
                 await self.broker.start()
                 # Ready only with every client key read: before that, a valid key would look unknown.
                 await self.clients.catch_up(self.settings.kafka, timeout_s=CLIENTS_CATCH_UP_S)
@@ -109,6 +110,8 @@ class Service:
             if failures < BROKER_LOST_AFTER_PINGS:
                 continue
             log.warning("broker unreachable, connecting afresh", extra={"failed_pings": failures})
+            # Nothing is published until connect() made the topics again: a stopping broker may keep its producer.
+            kafka.hold(self.broker)
             self.broker_started.clear()
             self._up.labels(self.name).set(0)
             with contextlib.suppress(Exception):
