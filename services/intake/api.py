@@ -39,6 +39,7 @@ from services.intake.store import (
     Reserved,
     new_reference,
 )
+from services.intake.writer import SubmissionWriter
 from shared import catalogue, topics
 from shared.auth import identify, require
 from shared.events import ApplicationSubmitted, AttachmentRef, CaseStatus, CaseStatusChanged, ClientRecord
@@ -126,10 +127,11 @@ def attachment_problem(index: int, detail: str, code: str) -> dict[str, str]:
 
 def create_router(
     service: Service, store: IntakeStore, settings: Settings, publisher: SubmissionPublisher, blobs: BlobStore,
-    limiter: RateLimiter | None = None,
+    limiter: RateLimiter | None = None, writer: SubmissionWriter | None = None,
 ) -> APIRouter:
     """The routes of intake's API; the client-authenticated ones count against the client's rate limit."""
     limiter = limiter or RateLimiter(settings.rate_limit)
+    writer = writer or SubmissionWriter(store)
     router = APIRouter(prefix="/v1", tags=["applications"])
     received = Counter(
         "ozg_applications_received", "Applications accepted by intake", ["leika_key", "client_kind"],
@@ -146,6 +148,8 @@ def create_router(
 
     async def attachment_refs(ids: list[uuid.UUID], client: ClientRecord) -> list[AttachmentRef]:
         """The claim-checks of an application's attachments: each must exist and be the client's own."""
+        if not ids:
+            return []
         errors = [attachment_problem(i, "listed twice", "duplicate") for i, a in enumerate(ids) if a in ids[:i]]
         owned = await anyio.to_thread.run_sync(store.owned_attachments, ids, client.client_id)
         errors += [attachment_problem(i, "no such attachment of this client", "unknown_attachment")
@@ -208,7 +212,7 @@ def create_router(
             event_id=str(uuid.uuid4()),
             submission=submission,
         )
-        outcome = await anyio.to_thread.run_sync(store.reserve, candidate, body.attachments)
+        outcome = await writer.reserve(candidate, body.attachments)
         if isinstance(outcome, AttachmentsTaken):
             raise ProblemException(
                 422, "An attachment already belongs to another application.", kind="validation",
@@ -244,7 +248,7 @@ def create_router(
             raise ProblemException(503, "The message broker is unavailable; nothing was accepted. Retry later.",
                                    kind="broker-unavailable", title="Service unavailable",
                                    headers=retry_after) from None
-        case = await anyio.to_thread.run_sync(store.accept, case.case_id)
+        case = await writer.accept(case)
         received.labels(body.leika_key, client.kind.value).inc()
         response.headers["Location"] = f"/v1/applications/{case.case_id}"
         return accepted(case)

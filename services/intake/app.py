@@ -16,6 +16,7 @@ from services.intake.publishing import SubmissionPublisher, outbox_job
 from services.intake.ratelimit import RateLimiter, RateLimitHeaders
 from services.intake.settings import Settings
 from services.intake.store import IntakeStore
+from services.intake.writer import SubmissionWriter
 from shared.outbox import Backlog
 from shared.runtime import Service
 
@@ -30,6 +31,7 @@ class Intake:
     publisher: SubmissionPublisher
     blobs: BlobStore
     limiter: RateLimiter
+    writer: SubmissionWriter
 
 
 def blob_store(settings: Settings) -> BlobStore:
@@ -57,6 +59,7 @@ def build(settings: Settings | None = None) -> tuple[Service, FastAPI]:
     publisher = SubmissionPublisher(service, settings.publish_timeout_s)
     blobs = blob_store(settings)
     limiter = RateLimiter(settings.rate_limit)
+    writer = SubmissionWriter(store)
     handlers.register(service.broker, store, settings)
     backlog = Backlog(service.registry, service.name)
     service.background.append(
@@ -66,9 +69,9 @@ def build(settings: Settings | None = None) -> tuple[Service, FastAPI]:
     app = service.create_app(
         title="OZG intake",
         description="Accepts applications (Anträge) from portals and citizens' offices and answers status queries.",
-        routers=[api.create_router(service, store, settings, publisher, blobs, limiter)],
+        routers=[api.create_router(service, store, settings, publisher, blobs, limiter, writer)],
     )
     # Puts the RateLimit-* header fields the routes computed on every answer, problems included.
     app.add_middleware(RateLimitHeaders)
-    app.state.intake = Intake(store=store, publisher=publisher, blobs=blobs, limiter=limiter)
+    app.state.intake = Intake(store=store, publisher=publisher, blobs=blobs, limiter=limiter, writer=writer)
     return service, app

@@ -172,11 +172,11 @@ async def test_outbox_publishes_a_case_left_pending(
         store = app.state.intake.store
         publisher = app.state.intake.publisher
 
-        def crash(_case_id: uuid.UUID) -> Case:
+        async def crash(_case: Case) -> Case:
             raise RuntimeError("the process dies between the acknowledgement and the acceptance")
 
         with monkeypatch.context() as patch:
-            patch.setattr(store, "accept", crash)
+            patch.setattr(app.state.intake.writer, "accept", crash)
             with pytest.raises(RuntimeError):
                 await client.post("/v1/applications", json=application_body(), headers=headers(key))
         [pending] = cases(service.engine)

@@ -1,16 +1,30 @@
-"""Intake's store on SQLite and PostgreSQL: migrations, attachment binding, outbox and sweep queries."""
+"""Intake's store on SQLite and PostgreSQL: migrations, attachment binding, outbox and sweep queries, the group
+commit of submissions."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import Engine
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from services.intake.app import MIGRATIONS
-from services.intake.models import Attachment, Case, CaseState
-from services.intake.store import AttachmentsTaken, IntakeStore, Reserved, new_reference
+from services.intake.models import Attachment, Case, CaseHistory, CaseState
+from services.intake.store import (
+    AttachmentsTaken,
+    InFlight,
+    IntakeStore,
+    KeyReused,
+    Replay,
+    Reservation,
+    Reserved,
+    new_reference,
+)
+from services.intake.writer import SubmissionWriter
 from shared import db
 from shared.events import CaseStatus
 
@@ -122,3 +136,105 @@ def test_an_ended_case_stays_ended(database_url: str) -> None:
     assert case is not None
     assert case.status == CaseStatus.WITHDRAWN
     engine.dispose()
+
+
+async def test_group_commit_gives_each_request_its_own_outcome(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Concurrent submissions are written in a few batched transactions; per (client, key) exactly one case, and
+    every other request with that key is told what the one-by-one path would have told it."""
+    engine, store = migrated(database_url)
+    transactions = 0
+    write_batch = store.write_batch
+
+    def counted(candidates: Sequence[Case], acceptances: Sequence[Case]) -> list[Reservation]:
+        nonlocal transactions
+        transactions += 1
+        return write_batch(candidates, acceptances)
+
+    monkeypatch.setattr(store, "write_batch", counted)
+    writer = SubmissionWriter(store)
+    client, other = uuid.uuid4(), uuid.uuid4()
+    now = datetime.now(UTC)
+    # Seen before: one key accepted already (a replay), one still pending (in flight).
+    done = await writer.reserve(candidate(client, "done", now))
+    assert isinstance(done, Reserved)
+    await writer.accept(done.case)
+    assert isinstance(await writer.reserve(candidate(client, "pending", now)), Reserved)
+
+    requests = [candidate(client, "done", now), with_body(candidate(client, "done", now), "x"),
+                candidate(client, "pending", now), with_body(candidate(client, "pending", now), "x")]
+    for index in range(40):
+        key = f"k{index % 10}"  # four requests per key: two bodies, two clients (keys are scoped to the client)
+        requests.append(with_body(candidate(client if index < 30 else other, key, now), "hx"[index % 20 // 10]))
+    transactions = 0
+    outcomes = await asyncio.gather(*(writer.reserve(request) for request in requests))
+    assert transactions < len(requests) / 4
+
+    replay, reused, in_flight, reused_pending = outcomes[:4]
+    assert isinstance(replay, Replay)
+    assert replay.case.case_id == done.case.case_id
+    assert replay.case.reference == done.case.reference
+    assert isinstance(reused, KeyReused)
+    assert isinstance(in_flight, InFlight)
+    assert isinstance(reused_pending, KeyReused)
+    winners: dict[tuple[uuid.UUID, str], Case] = {}
+    for request, outcome in zip(requests[4:], outcomes[4:], strict=True):
+        if isinstance(outcome, Reserved):
+            assert (request.client_id, request.idempotency_key) not in winners
+            assert outcome.case is request
+            winners[request.client_id, request.idempotency_key] = request
+    assert len(winners) == 20
+    for request, outcome in zip(requests[4:], outcomes[4:], strict=True):
+        winner = winners[request.client_id, request.idempotency_key]
+        if outcome != Reserved(request):
+            expected = InFlight if request.body_hash == winner.body_hash else KeyReused
+            assert isinstance(outcome, expected)
+
+    # Accepting (twice for one case: idempotent) clears the stored event data; one history entry per case.
+    accepted = await asyncio.gather(*(writer.accept(case) for case in [*winners.values(), *list(winners.values())[:1]]))
+    assert all(case.state == CaseState.ACCEPTED and case.submission is None for case in accepted)
+    with Session(engine) as session:
+        rows = session.exec(select(Case).where(col(Case.idempotency_key).startswith("k"))).all()
+        assert {(row.client_id, row.idempotency_key): row.case_id for row in rows} == {
+            pair: case.case_id for pair, case in winners.items()}
+        assert all(row.state == CaseState.ACCEPTED and row.submission is None for row in rows)
+        history = session.exec(select(CaseHistory.case_id, CaseHistory.status)).all()
+        assert sorted(history) == sorted((case_id, CaseStatus.SUBMITTED)
+                                         for case_id in [done.case.case_id, *(c.case_id for c in winners.values())])
+
+    # The same requests again: replays of the accepted cases, or the key reused.
+    again = await asyncio.gather(*(writer.reserve(request) for request in requests[4:]))
+    for request, outcome in zip(requests[4:], again, strict=True):
+        winner = winners[request.client_id, request.idempotency_key]
+        if request.body_hash == winner.body_hash:
+            assert isinstance(outcome, Replay)
+            assert outcome.case.case_id == winner.case_id
+        else:
+            assert isinstance(outcome, KeyReused)
+    engine.dispose()
+
+
+async def test_group_commit_hitting_a_unique_index_decides_one_by_one(database_url: str) -> None:
+    """A batch that hits a unique index (here a reference that collided) is done again request by request: only the
+    request that collided is refused (as in flight: its retry gets a new reference), the others are reserved."""
+    engine, store = migrated(database_url)
+    writer = SubmissionWriter(store)
+    client, now = uuid.uuid4(), datetime.now(UTC)
+    first = await writer.reserve(candidate(client, "first", now))
+    assert isinstance(first, Reserved)
+    colliding = candidate(client, "colliding", now)
+    colliding.reference = first.case.reference
+    requests = [candidate(client, "before", now), colliding, candidate(client, "after", now)]
+    before, collided, after = await asyncio.gather(*(writer.reserve(request) for request in requests))
+    assert isinstance(before, Reserved)
+    assert isinstance(collided, InFlight)
+    assert isinstance(after, Reserved)
+    with Session(engine) as session:
+        assert sorted(session.exec(select(Case.idempotency_key)).all()) == ["after", "before", "first"]
+    engine.dispose()
+
+
+def with_body(case: Case, body: str) -> Case:
+    case.body_hash = body * 64
+    return case
