@@ -28,8 +28,9 @@ MAX_BATCH = 500
 
 
 def _settle(future: asyncio.Future[T], result: T | BaseException) -> None:
-    # A request that was cancelled meanwhile (its client gone) has nobody waiting for its outcome.
-    if future.done():
+    # A request that was cancelled meanwhile (its client gone), or one of an event loop that was closed, has nobody
+    # waiting for its outcome.
+    if future.done() or future.get_loop().is_closed():
         return
     if isinstance(result, BaseException):
         future.set_exception(result)
@@ -68,8 +69,10 @@ class SubmissionWriter:
 
     def _wake(self) -> None:
         # The writer runs while there is work and ends when there is none: nothing to start or stop with the app.
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._write(), name="intake group commit")
+        # (A task left behind by an event loop that was closed will never run again: start another.)
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._task.done() or self._task.get_loop() is not loop:
+            self._task = loop.create_task(self._write(), name="intake group commit")
 
     async def _write(self) -> None:
         reservations: list[tuple[Case, asyncio.Future[Reservation]]] = []
