@@ -368,17 +368,22 @@ async def test_withdrawal_is_applied_and_forwarded_to_the_destination(
         assert status_of(service, decided) == S.DECIDED
 
 
+async def case_in_clearing(kafka: KafkaSettings, store: RoutingStore) -> uuid.UUID:
+    """Submit an application routing cannot decide (an ambiguous postal code) and wait until it is in clearing."""
+    application = submitted(WOHNSITZ, {"postal_code": "86695"})
+    event = build_event(event_type=events.SUBMITTED_V1, source="/test", subject=str(application.case_id),
+                        data=application)
+    await produce(kafka, topics.SUBMITTED, event.value, event.headers, event.key)
+    await wait_until(lambda: store.clearing_case(application.case_id) is not None)
+    return application.case_id
+
+
 async def test_a_withdrawn_case_leaves_clearing(settings: Settings, kafka_settings: KafkaSettings) -> None:
     service, app = build(settings)
     async with running(service, app) as client:
         _, operator = await issue_key(kafka_settings, ClientKind.OPERATOR, service=service)
-        application = submitted(WOHNSITZ, {"postal_code": "86695"})  # ambiguous: waits in clearing
-        event = build_event(event_type=events.SUBMITTED_V1, source="/test", subject=str(application.case_id),
-                            data=application)
-        await produce(kafka_settings, topics.SUBMITTED, event.value, event.headers, event.key)
-        case_id = application.case_id
         store = RoutingStore(service.engine)
-        await wait_until(lambda: store.clearing_case(case_id) is not None)
+        case_id = await case_in_clearing(kafka_settings, store)
 
         event_id, withdrawn = withdrawal(case_id, S.UNROUTABLE)
         await produce(kafka_settings, topics.CASE_STATUS, withdrawn.value, withdrawn.headers, withdrawn.key)
@@ -401,13 +406,8 @@ async def test_a_withdrawal_during_routing_by_hand_wins(
     service, app = build(settings.model_copy(update={"demo_destinations": True}))
     async with running(service, app) as client:
         _, operator = await issue_key(kafka_settings, ClientKind.OPERATOR, service=service)
-        application = submitted(WOHNSITZ, {"postal_code": "86695"})  # ambiguous: waits in clearing
-        event = build_event(event_type=events.SUBMITTED_V1, source="/test", subject=str(application.case_id),
-                            data=application)
-        await produce(kafka_settings, topics.SUBMITTED, event.value, event.headers, event.key)
-        case_id = application.case_id
         store = RoutingStore(service.engine)
-        await wait_until(lambda: store.clearing_case(case_id) is not None)
+        case_id = await case_in_clearing(kafka_settings, store)
 
         event_id, withdrawn = withdrawal(case_id, S.UNROUTABLE)
         ensure_topic = RoutingState.ensure_topic
