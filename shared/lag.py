@@ -3,7 +3,6 @@ topics."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from collections.abc import Callable, Iterable
@@ -60,11 +59,3 @@ class ConsumerLag:
             self.gauge.labels(group_id, tp.topic, str(tp.partition)).set(value)
         return lag
 
-    async def run(self, interval_s: float) -> None:
-        """Measure every ``interval_s`` seconds until cancelled; a failed measurement is retried next time."""
-        while True:
-            try:
-                await self.measure()
-            except Exception as exc:  # noqa: BLE001 - a lag probe must never take the service down
-                log.warning("consumer lag not measured", extra={"error": type(exc).__name__})
-            await asyncio.sleep(interval_s)

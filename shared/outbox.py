@@ -4,13 +4,13 @@ An event is stored in the same database transaction as the change it announces, 
 between the commit and the publish cannot lose it. After the commit the service publishes it at once and marks it
 sent; a background sweep publishes whatever is still unsent, under the event's own id, so consumers drop a repeat.
 
-``relay`` and ``periodic`` are the generic parts; ``OutboxEntry`` is the table for services that keep their
-outgoing events as such (a service may also keep them in its own rows, as intake keeps pending submissions).
+``relay`` is the generic part (a service sweeps with ``shared.jobs.periodic``); ``OutboxEntry`` is the table for
+services that keep their outgoing events as such (a service may also keep them in its own rows, as intake keeps
+pending submissions).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
@@ -134,19 +134,3 @@ async def relay(items: Sequence[T], publish: Callable[[T], Awaitable[None]], set
         done += 1
     return done
 
-
-def periodic(name: str, interval_s: float, round_: Callable[[], Awaitable[object]],
-             ) -> Callable[[], Awaitable[None]]:
-    """A background job (``Service.background``) running ``round_`` at start and then every ``interval_s``
-    seconds; a failed round is logged and the job goes on."""
-
-    async def job() -> None:
-        while True:
-            try:
-                await round_()
-            except Exception as exc:  # noqa: BLE001 - a database or broker outage must not end the job
-                log.error(f"{name} failed", extra={"error": type(exc).__name__})
-            await asyncio.sleep(interval_s)
-
-    job.__name__ = name.replace(" ", "_")
-    return job

@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, gen
 
 from shared import backoff, db, kafka, problems, topics
 from shared.auth import ClientDirectory
+from shared.jobs import periodic
 from shared.kafka import make_broker
 from shared.lag import ConsumerLag
 from shared.logs import configure_logging
@@ -53,7 +54,8 @@ class Service:
         self.on_start: list[BackgroundTask] = []
         self.background: list[BackgroundTask] = []
         self.lag = ConsumerLag(settings.kafka, self.consumer_groups, self.registry)
-        self.background += [self._measure_lag, self.watch_broker]
+        self.background += [periodic("consumer lag measurement", settings.kafka.lag_interval_s, self.lag.measure),
+                            self.watch_broker]
         self.broker_started = asyncio.Event()
         self._up = Gauge("ozg_service_up", "1 while the service is connected to its broker", ["service"],
                          registry=self.registry)
@@ -118,9 +120,6 @@ class Service:
                 await self.broker.stop()
             await self.connect(cap_s=BROKER_WATCH_INTERVAL_S)
             failures = 0
-
-    async def _measure_lag(self) -> None:
-        await self.lag.run(self.settings.kafka.lag_interval_s)
 
     async def readiness(self) -> dict[str, bool]:
         """Whether the broker and the database are reachable right now."""

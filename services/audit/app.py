@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import sys
@@ -25,6 +24,7 @@ from services.audit.signing import (
 )
 from services.audit.store import AuditStore
 from shared import db
+from shared.jobs import periodic
 from shared.runtime import Service
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -52,17 +52,9 @@ def build(settings: Settings | None = None) -> tuple[Service, FastAPI]:
                        checkpoint_interval_s=settings.checkpoint_interval_s)
     handlers.register(service.broker, store, service.dead_letters, settings, service.registry)
 
-    async def sign_checkpoints() -> None:
-        """Sign a checkpoint every checkpoint_interval_s while the chain grows, however slowly."""
-        period = min(settings.checkpoint_interval_s / 4, 5.0)
-        while True:
-            await asyncio.sleep(period)
-            try:
-                await anyio.to_thread.run_sync(store.checkpoint_if_due)
-            except SQLAlchemyError as exc:
-                log.warning("audit checkpoint failed, retrying", extra={"error": type(exc).__name__})
-
-    service.background.append(sign_checkpoints)
+    # A checkpoint every checkpoint_interval_s while the chain grows, however slowly.
+    service.background.append(periodic("audit checkpoint", min(settings.checkpoint_interval_s / 4, 5.0),
+                                       lambda: anyio.to_thread.run_sync(store.checkpoint_if_due), wait_first=True))
     app = service.create_app(
         title="OZG audit",
         description="Keeps an append-only, tamper-evident hash chain of every event, with Ed25519-signed "

@@ -18,7 +18,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from services.intake.blobs import BlobStore, BlobWriter
 from services.intake.store import IntakeStore
-from shared.outbox import periodic
+from shared.jobs import periodic
 from shared.problems import ProblemException
 
 log = logging.getLogger(__name__)

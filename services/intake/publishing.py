@@ -15,8 +15,9 @@ from services.intake.store import IntakeStore
 from shared import events, topics
 from shared.envelope import OutgoingEvent, build_event
 from shared.events import ApplicationSubmitted, CaseStatusChanged
+from shared.jobs import periodic
 from shared.kafka import publish
-from shared.outbox import Backlog, periodic, relay
+from shared.outbox import Backlog, relay
 from shared.runtime import Service
 
 log = logging.getLogger(__name__)

@@ -14,6 +14,7 @@ from services.notify.settings import Settings
 from services.notify.store import NotifyStore
 from shared import topics
 from shared.events import ReplyChannel
+from shared.jobs import periodic
 from shared.runtime import Service
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -38,16 +39,16 @@ def build(settings: Settings | None = None) -> tuple[Service, FastAPI]:
     notifier = handlers.Notifier(store=store, settings=settings, renderer=Renderer(), deliverer=deliverer)
     handlers.register(service.broker, notifier, settings)
 
+    scheduler = periodic("notification scheduler round", settings.scheduler_interval_s, deliverer.sweep)
+
     async def notification_scheduler() -> None:
         try:
-            await deliverer.run_scheduler()
+            await scheduler()
         finally:
             await postfach.aclose()
 
-    async def contact_retention() -> None:
-        await deliverer.run_retention()
-
-    service.background += [notification_scheduler, contact_retention]
+    service.background += [notification_scheduler,
+                           periodic("retention round", settings.retention_interval_s, deliverer.purge)]
     app = service.create_app(
         title="OZG notify",
         description="Tells applicants what happened to their case, on the channel they chose.",

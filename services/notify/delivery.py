@@ -11,7 +11,6 @@ Final outcomes are published on ``ozg.notifications`` under deterministic event 
 final row left unpublished (broker outage, crash) is published again by the background job, under the same id.
 """
 
-import asyncio
 import logging
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -184,15 +183,6 @@ class Deliverer:
         for notification in await anyio.to_thread.run_sync(self.store.unpublished, grace):
             await self.finished(notification)
 
-    async def run_scheduler(self) -> None:
-        """The background job: sweep every ``scheduler_interval_s``; an error is logged and the job goes on."""
-        while True:
-            try:
-                await self.sweep()
-            except Exception as exc:  # noqa: BLE001 - a database or broker outage must not end the job
-                log.error("notification scheduler round failed", extra={"error": type(exc).__name__})
-            await asyncio.sleep(self.settings.scheduler_interval_s)
-
     async def purge(self) -> int:
         """Delete the contacts whose retention period ran out, and publish each deletion; returns how many."""
         now = now_utc()
@@ -222,12 +212,3 @@ class Deliverer:
             published += 1
             log.info("contact data deleted after retention", extra={"case_id": str(deletion.case_id)})
         return published
-
-    async def run_retention(self) -> None:
-        """The retention job: purge every ``retention_interval_s``."""
-        while True:
-            try:
-                await self.purge()
-            except Exception as exc:  # noqa: BLE001 - a database or broker outage must not end the job
-                log.error("retention round failed", extra={"error": type(exc).__name__})
-            await asyncio.sleep(self.settings.retention_interval_s)

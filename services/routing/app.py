@@ -13,7 +13,7 @@ from services.routing.publishing import OutboxPublisher
 from services.routing.registry import RoutingState
 from services.routing.settings import Settings
 from services.routing.store import RoutingStore
-from shared.outbox import periodic
+from shared.jobs import periodic
 from shared.runtime import Service
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -35,16 +35,15 @@ def build(settings: Settings | None = None) -> tuple[Service, FastAPI]:
             await anyio.to_thread.run_sync(state.seed_demo_destinations, settings.demo_destinations_file)
         await anyio.to_thread.run_sync(state.refresh)
 
-    async def poll_for_changes() -> None:
-        await state.poll(settings.poll_interval_s)
-
     sender = webhooks.WebhookSender(service.engine, settings, webhooks.deliveries_counter(service.registry))
 
     async def deliver_webhooks() -> None:
         await sender.run()
 
     service.on_start.append(load)
-    service.background.append(poll_for_changes)
+    # Other replicas' registrations and imports, picked up within an interval (load() read them at start).
+    service.background.append(periodic("directory refresh", settings.poll_interval_s,
+                                       lambda: anyio.to_thread.run_sync(state.refresh), wait_first=True))
     service.background.append(deliver_webhooks)
     service.background.append(periodic("outbox sweep", settings.outbox_interval_s, publisher.sweep))
     app = service.create_app(

@@ -3,14 +3,11 @@ the database. Every replica polls the database's version rows (and the rules fil
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import uuid
 from collections import defaultdict
 from pathlib import Path
-
-import anyio.to_thread
 
 from services.routing.competence import CompetenceRules, InvalidRules, rules_fingerprint
 from services.routing.directory import Directory
@@ -83,15 +80,6 @@ class RoutingState:
                 log.error("competence rules not reloaded", extra={"error": str(exc)})
                 # Report it once, not on every poll: again only when the files change again.
                 self.rules.fingerprint = rules_fingerprint(self.rules_dir)
-
-    async def poll(self, interval_s: float) -> None:
-        """Refresh every ``interval_s`` seconds, for ever (a background job of the service)."""
-        while True:
-            await asyncio.sleep(interval_s)
-            try:
-                await anyio.to_thread.run_sync(self.refresh)
-            except Exception as exc:  # noqa: BLE001 - a database hiccup must not end the poller
-                log.warning("refresh failed", extra={"error": type(exc).__name__})
 
     async def ensure_topic(self, kafka: KafkaSettings, destination_id: uuid.UUID) -> None:
         """Create a destination's topics on first use (the broker's auto-creation is never relied on)."""
