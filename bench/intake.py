@@ -18,7 +18,7 @@ def run(
     wrk settings; the best round of each counts (other load on the machine only ever slows a round down).
 
     Returns the figures and intake's peak RSS. With ``profile`` (a directory), py-spy samples intake's last
-    round into ``intake.svg`` there.
+    round into ``intake.txt`` there.
     """
     body = system.application_body(workdir / "application.json")
     intake_rounds: list[dict[str, Any]] = []
@@ -31,7 +31,7 @@ def run(
             wrk(bare_url, body, token, WARM_UP)
             for index in range(rounds):
                 bare_rounds.append(wrk(bare_url, body, token, settings))
-                out = profile / "intake.svg" if profile is not None and index == rounds - 1 else None
+                out = profile / "intake.txt" if profile is not None and index == rounds - 1 else None
                 with system.profiled(stack.processes["intake"].pid, out, settings.seconds):
                     intake_rounds.append(wrk(url, body, token, settings))
         rss = system.service_rss(stack)

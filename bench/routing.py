@@ -103,7 +103,7 @@ async def output_rate(kafka: KafkaSettings, count: int, timeout_s: float, **subs
 
 def run(workdir: Path, count: int = 10_000, profile: Path | None = None) -> tuple[dict[str, Any], dict[str, float]]:
     """Both loops over the same ``count`` pre-filled records on one broker; returns the figures and routing's
-    peak RSS. With ``profile`` (a directory), py-spy samples routing's first 15 s into ``routing.svg`` there."""
+    peak RSS. With ``profile`` (a directory), py-spy samples routing's first 15 s into ``routing.txt`` there."""
     batch = RoutingSettings().batch_max_records
     with system.running(workdir / "routing", []) as stack:
         kafka = stack.kafka
@@ -112,7 +112,7 @@ def run(workdir: Path, count: int = 10_000, profile: Path | None = None) -> tupl
         bare = asyncio.run(output_rate(kafka, count, 60, topics=[BARE_OUT]))
         stack.start_service("routing")
         stack.wait_ready(services=("routing",))
-        with system.profiled(stack.processes["routing"].pid, profile and profile / "routing.svg", 15):
+        with system.profiled(stack.processes["routing"].pid, profile and profile / "routing.txt", 15):
             routed = asyncio.run(output_rate(kafka, count, 240, pattern=DESTINATIONS))
         rss = system.service_rss(stack)
     if routed["records"] != count or bare["records"] != count:

@@ -98,8 +98,8 @@ def bare_intake() -> Iterator[str]:
 
 @contextmanager
 def profiled(pid: int, out: Path | None, seconds: int) -> Iterator[None]:
-    """Sample process ``pid`` with py-spy for ``seconds`` into the flame graph ``out`` (an SVG) while the body
-    runs; without ``out``, just run the body."""
+    """Sample process ``pid`` with py-spy for ``seconds`` into ``out`` while the body runs: a flame graph (SVG),
+    or collapsed stacks for text tools where ``out`` ends in ``.txt``; without ``out``, just run the body."""
     if out is None:
         yield
         return
@@ -107,7 +107,8 @@ def profiled(pid: int, out: Path | None, seconds: int) -> Iterator[None]:
     out.parent.mkdir(parents=True, exist_ok=True)
     spy = subprocess.Popen(
         [binary, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "100", "--nonblocking",
-         "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+         "--format", "raw" if out.suffix == ".txt" else "flamegraph", "--output", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
         yield

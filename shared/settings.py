@@ -24,6 +24,11 @@ class KafkaSettings(BaseSettings):
     # (measured: 5 s at 10 s, 2 s at 3 s), so the local stack and the tests run with a short one.
     heartbeat_interval_ms: int = Field(default=3_000, ge=100)
     session_timeout_ms: int = Field(default=10_000, ge=1_000)
+    # How long the broker may hold a fetch that finds nothing new, Kafka's default. Apache Kafka answers a waiting
+    # fetch as soon as a record arrives; Tansu answers only near the end of the wait (measured: a record took
+    # 135 ms at p50 from produce to consumer at 500 ms, 15 ms at 100 ms, 4 ms at 10 ms), once per hop of a case.
+    # The local stack and the tests run with a short one.
+    fetch_max_wait_ms: int = Field(default=500, ge=1)
     # How often each service measures its consumer group's lag for /metrics.
     lag_interval_s: float = Field(default=15.0, gt=0)
     # The largest record value a consumer accepts; a longer one is dead-lettered unread. Kafka's own default

@@ -80,12 +80,13 @@ def validate_form(body: ApplicationCreate) -> None:
         )
     errors = [
         {
-            "pointer": "#/form" + "".join(f"/{part}" for part in error.absolute_path),
+            "pointer": "#/form" + "".join(f"/{part}" for part in error.instance_path),
             # The validator's message may quote the input; name the failed keyword instead.
-            "detail": f"violates '{error.validator}' of the form schema",
-            "code": str(error.validator),
+            "detail": f"violates '{keyword}' of the form schema",
+            "code": keyword,
         }
         for error in catalogue.validator(body.leika_key).iter_errors(body.form)
+        for keyword in [str(error.schema_path[-1]) if error.schema_path else "schema"]
     ]
     if errors:
         raise ProblemException(422, "The form does not match the service's schema.", kind="validation",

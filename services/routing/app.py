@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import anyio.to_thread
@@ -15,6 +16,8 @@ from services.routing.settings import Settings
 from services.routing.store import RoutingStore
 from shared.jobs import periodic
 from shared.runtime import Service
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -44,6 +47,13 @@ def build(settings: Settings | None = None) -> tuple[Service, FastAPI]:
     # Other replicas' registrations and imports, picked up within an interval (load() read them at start).
     service.background.append(periodic("directory refresh", settings.poll_interval_s,
                                        lambda: anyio.to_thread.run_sync(state.refresh), wait_first=True))
+    async def destination_topics() -> None:
+        try:
+            await state.ensure_all_topics(settings.kafka)
+        except Exception as exc:  # noqa: BLE001 - each dispatch still creates its destination's topics first
+            log.warning("destination topics not created at start", extra={"error": type(exc).__name__})
+
+    service.background.append(destination_topics)
     service.background.append(deliver_webhooks)
     service.background.append(periodic("outbox sweep", settings.outbox_interval_s, publisher.sweep))
     app = service.create_app(

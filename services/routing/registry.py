@@ -87,6 +87,18 @@ class RoutingState:
             await ensure_topics(kafka, destination_topic_specs(destination_id))
             self._topics.add(destination_id)
 
+    async def ensure_all_topics(self, kafka: KafkaSettings) -> None:
+        """Create the topics of every registered destination that lacks them, in one request.
+
+        Run once connected: destinations seeded at start (the demo's) or registered while the broker lost its state
+        have them before their first case, so audit's pattern subscription does not rebalance in the middle of the
+        first cases.
+        """
+        missing = {d.destination_id for ds in self._by_authority.values() for d in ds} - self._topics
+        if missing:
+            await ensure_topics(kafka, [spec for d in sorted(missing) for spec in destination_topic_specs(d)])
+            self._topics |= missing
+
     def forget_topics(self) -> None:
         """After a broker outage: a broker that lost its state comes back without the destinations' topics."""
         self._topics.clear()

@@ -11,6 +11,7 @@ from functools import cache
 from importlib import resources
 from typing import Any, Literal
 
+import jsonschema_rs
 from jsonschema import Draft202012Validator
 from pydantic import BaseModel
 
@@ -49,6 +50,11 @@ def load() -> dict[str, CatalogueEntry]:
 
 
 @cache
-def validator(leika_key: str) -> Draft202012Validator:
-    """The compiled JSON Schema validator of a service's form (with format checks)."""
-    return Draft202012Validator(load()[leika_key].form_schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+def validator(leika_key: str) -> jsonschema_rs.Draft202012Validator:
+    """The compiled JSON Schema validator of a service's form (with format checks).
+
+    jsonschema-rs (Rust) rather than the pure-Python ``jsonschema``, which the catalogue still uses to check the
+    schemas themselves: validating a form took a third of a millisecond with ``jsonschema``, a third of a bare
+    endpoint's whole time per request (``make bench``), and a few microseconds with jsonschema-rs.
+    """
+    return jsonschema_rs.Draft202012Validator(load()[leika_key].form_schema, validate_formats=True)
