@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
+import pytest
+from aiokafka import AIOKafkaConsumer
+from faststream.kafka import KafkaMessage
 from prometheus_client import CollectorRegistry
 
 from deploy.local.broker import Tansu
 from shared import topics
 from shared.envelope import build_event, parse_event
 from shared.events import Problem
-from shared.kafka import make_broker, publish_all
+from shared.kafka import group_subscription, make_broker, publish_all
 from shared.settings import KafkaSettings
 from shared.topics import TopicSpec, ensure_topics
 from tests.support import consume
@@ -40,3 +44,30 @@ async def test_publish_all_reaches_a_new_topic_together_with_a_known_one() -> No
             assert parse_event(records[0].headers, records[0].value).data["title"] == topic
     finally:
         broker_process.stop()
+
+
+async def test_group_subscribers_take_the_fetch_wait_from_the_settings(
+    kafka_settings: KafkaSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Tansu answers a waiting fetch only near the end of its wait: the setting must reach every group consumer.
+    seen: list[int] = []
+    original = AIOKafkaConsumer.__init__
+
+    def recording(self: AIOKafkaConsumer, *args: Any, **kwargs: Any) -> None:
+        seen.append(kwargs.get("fetch_max_wait_ms", 500))
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(AIOKafkaConsumer, "__init__", recording)
+    settings = kafka_settings.model_copy(update={"fetch_max_wait_ms": 37})
+    await ensure_topics(settings, topics.standard_topics())
+    broker, _ = make_broker(settings, service="test", registry=CollectorRegistry())
+
+    async def handle(_msg: KafkaMessage) -> None:
+        pass
+
+    broker.subscriber(topics.ROUTED, **group_subscription(settings, f"test-{uuid.uuid4()}"))(handle)
+    await broker.start()
+    try:
+        assert seen == [37]
+    finally:
+        await broker.stop()

@@ -1,0 +1,45 @@
+"""A registered destination's topics exist once routing is connected, before its first case (on the real broker)."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+from aiokafka.admin import AIOKafkaAdminClient
+
+from services.routing.app import build
+from services.routing.models import Destination
+from services.routing.settings import Settings
+from services.routing.store import RoutingStore
+from shared import topics
+from shared.settings import KafkaSettings
+from tests.support import running, wait_until
+
+
+async def broker_topics(kafka: KafkaSettings) -> set[str]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
+    await admin.start()
+    try:
+        return set(await admin.list_topics())
+    finally:
+        await admin.close()
+
+
+async def test_registered_destinations_get_their_topics_at_start(tmp_path: Path, kafka_settings: KafkaSettings) -> None:
+    # Registered while routing was down (or while the broker had lost its state): no API call created its topics.
+    destination_id = uuid.uuid4()
+    service, app = build(Settings(database_url=f"sqlite:///{tmp_path / 'routing.db'}", kafka=kafka_settings))
+    service.migrate()
+    RoutingStore(service.engine).upsert_destination(
+        Destination(destination_id=destination_id, name="Stadt Kelheim, Bürgerbüro", authority_ars="092730137137",
+                    leika_keys=[]))
+    wanted = {topics.destination_topic(destination_id), f"{topics.destination_topic(destination_id)}.dlq"}
+    assert not wanted & await broker_topics(kafka_settings)
+
+    async with running(service, app):
+        # Without any case: audit's pattern subscription finds them before the first dispatch.
+        await wait_until(lambda: _has(kafka_settings, wanted), timeout_s=15, interval_s=0.2)
+
+
+async def _has(kafka: KafkaSettings, wanted: set[str]) -> bool:
+    return wanted <= await broker_topics(kafka)
