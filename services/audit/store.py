@@ -26,14 +26,15 @@ from sqlalchemy import (
     Connection,
     Engine,
     String,
+    bindparam,
     cast,
     create_engine,
     func,
     insert,
     select,
-    text,
     type_coerce,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.pool import NullPool
 
 from services.audit.models import CHECKPOINTS, ENTRIES, GENESIS_HASH, Checkpoint, ProblemKind, TrailEntry, VerifyReport
@@ -139,6 +140,65 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# The columns of an INSERT into audit_entries: the hashed ones, then the hash.
+_INSERTED = (*HASHED_COLUMNS, "hash")
+
+
+class _Statements:
+    """The SQL of append_many(), compiled once for the engine's dialect and run with exec_driver_sql().
+
+    The statements Core compiles, with the values through the columns' own bind processors, so the database
+    stores exactly what Core would store; what is left out is Core's work per execution and per row (statement
+    cache, parameter processing, rendering an expanding IN), which cost more than hashing the entries. Driver
+    errors are still wrapped as SQLAlchemy's (append_patiently() waits out OperationalError).
+    """
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
+        insert_sql = insert(ENTRIES).compile(dialect=dialect)
+        self.positional = insert_sql.positional
+        self.insert = str(insert_sql)
+        # Parameter order of a positional driver (qmark); a named one (pyformat) takes the column names as keys.
+        order = insert_sql.positiontup if insert_sql.positional else None
+        self.order = tuple(order) if order is not None else _INSERTED
+        if set(self.order) != set(_INSERTED) or set(insert_sql.params) != set(_INSERTED):
+            raise ValueError(f"unexpected INSERT parameters on {dialect.name}: {self.order}")
+        # The dialect's implementation of each type, as Core executes it (SQLite: times as text, UUIDs as hex).
+        processors = {name: ENTRIES.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in _INSERTED}
+        # recorded_at is one value per batch: processed once, not per row.
+        self.recorded_at = processors.pop("recorded_at")
+        self.row_processors = tuple((name, process) for name, process in processors.items() if process is not None)
+        self.head = self._literal(select(ENTRIES.c.seq, ENTRIES.c.hash).order_by(ENTRIES.c.seq.desc()).limit(1))
+        self._lookups: dict[int, tuple[str, tuple[str, ...] | None]] = {}
+
+    def _literal(self, statement: Any) -> str:
+        return str(statement.compile(dialect=self.dialect, compile_kwargs={"literal_binds": True}))
+
+    def lookup(self, count: int) -> tuple[str, tuple[str, ...] | None]:
+        """``SELECT event_id … WHERE event_id IN (count parameters)`` and its parameter names (None: positional)."""
+        found = self._lookups.get(count)
+        if found is None:
+            binds = [bindparam(f"id{i}", type_=ENTRIES.c.event_id.type) for i in range(count)]
+            compiled = select(ENTRIES.c.event_id).where(ENTRIES.c.event_id.in_(binds)).compile(dialect=self.dialect)
+            names = None if compiled.positional else tuple(f"id{i}" for i in range(count))
+            found = self._lookups[count] = (str(compiled), names)
+        return found
+
+    def rows_params(self, rows: Sequence[Mapping[str, Any]], recorded_at: datetime) -> list[Any]:
+        """The driver's parameters of inserting ``rows``: values through the columns' bind processors."""
+        recorded = self.recorded_at(recorded_at) if self.recorded_at is not None else recorded_at
+        processors = self.row_processors
+        order = self.order
+        params: list[Any] = []
+        for row in rows:
+            values = dict(row)
+            values["recorded_at"] = recorded
+            for name, process in processors:
+                values[name] = process(values[name])
+            params.append(tuple([values[name] for name in order]) if self.positional else values)
+        return params
+
+
 @dataclass(slots=True)
 class _Walk:
     """What walking the chain found."""
@@ -154,6 +214,33 @@ class _Walk:
     # The first row walked: its seq and its prev_hash (joining a part of the chain to the part before it).
     first_seq: int | None = None
     first_prev: str | None = None
+
+
+def _link(entries: Sequence[NewEntry], seq: int, prev_hash: str, recorded_at: datetime) -> list[dict[str, Any]]:
+    """The rows of ``entries`` appended after entry ``seq`` with hash ``prev_hash``, each hashed and linked.
+
+    canonical_fields() of each row, built straight from the entry, with recorded_at (one value per batch)
+    formatted once.
+    """
+    recorded = canonical_time(recorded_at)
+    rows: list[dict[str, Any]] = []
+    for entry in entries:
+        seq += 1
+        destination_id = entry.destination_id
+        digest = entry_hash((
+            seq, entry.event_id, entry.event_type, entry.source, entry.subject, canonical_time(entry.event_time),
+            recorded, entry.topic, entry.partition, entry.offset, entry.data_sha256, entry.status,
+            None if destination_id is None else str(destination_id), entry.reason, prev_hash,
+        ))
+        rows.append({
+            "seq": seq, "event_id": entry.event_id, "event_type": entry.event_type, "source": entry.source,
+            "subject": entry.subject, "event_time": entry.event_time, "recorded_at": recorded_at,
+            "topic": entry.topic, "partition": entry.partition, "offset": entry.offset,
+            "data_sha256": entry.data_sha256, "status": entry.status, "destination_id": destination_id,
+            "reason": entry.reason, "prev_hash": prev_hash, "hash": digest,
+        })
+        prev_hash = digest
+    return rows
 
 
 class AuditStore:
@@ -178,6 +265,10 @@ class AuditStore:
         self.checkpoint_every = checkpoint_every
         self.checkpoint_interval = timedelta(seconds=checkpoint_interval_s)
         self.clock = clock
+        self._sql = _Statements(engine.dialect)
+        # A lower bound of the newest checkpoint's seq (checkpoints are append-only): while the chain is less than
+        # checkpoint_every entries past it, no checkpoint can be due by count, and appends skip asking the database.
+        self._checkpointed = 0
 
     def append_many(self, entries: Sequence[NewEntry]) -> list[dict[str, Any]]:
         """Append the entries not yet in the chain, in one transaction; returns the rows appended.
@@ -196,21 +287,16 @@ class AuditStore:
                 return []
             seq, prev_hash = self._head(connection)
             recorded_at = self.clock()
-            rows: list[dict[str, Any]] = []
-            for entry in fresh:
-                seq += 1
-                row: dict[str, Any] = {
-                    "seq": seq, "event_id": entry.event_id, "event_type": entry.event_type,
-                    "source": entry.source, "subject": entry.subject, "event_time": entry.event_time,
-                    "recorded_at": recorded_at, "topic": entry.topic, "partition": entry.partition,
-                    "offset": entry.offset, "data_sha256": entry.data_sha256, "status": entry.status,
-                    "destination_id": entry.destination_id, "reason": entry.reason, "prev_hash": prev_hash,
-                }
-                row["hash"] = prev_hash = entry_hash(canonical_fields(row))
-                rows.append(row)
-            connection.execute(insert(ENTRIES), rows)
-            self._checkpoint_if_due(connection, seq, prev_hash, recorded_at, by_count_only=True)
+            rows = _link(fresh, seq, prev_hash, recorded_at)
+            connection.exec_driver_sql(self._sql.insert, self._sql.rows_params(rows, recorded_at))
+            checkpoint = None
+            if rows[-1]["seq"] - self._checkpointed >= self.checkpoint_every:
+                checkpoint = self._checkpoint_if_due(connection, rows[-1]["seq"], rows[-1]["hash"], recorded_at,
+                                                     by_count_only=True)
             connection.commit()
+        if checkpoint is not None:
+            # Only once committed: a rolled-back checkpoint must not count as made.
+            self._checkpointed = max(self._checkpointed, checkpoint.seq)
         return rows
 
     def append(self, entry: NewEntry) -> bool:
@@ -226,6 +312,8 @@ class AuditStore:
             seq, head_hash = self._head(connection)
             checkpoint = self._checkpoint_if_due(connection, seq, head_hash, self.clock(), by_count_only=False)
             connection.commit()
+        if checkpoint is not None:
+            self._checkpointed = max(self._checkpointed, checkpoint.seq)
         return checkpoint
 
     def _checkpoint_if_due(
@@ -237,6 +325,8 @@ class AuditStore:
             select(CHECKPOINTS.c.seq, CHECKPOINTS.c.created_at).order_by(CHECKPOINTS.c.seq.desc()).limit(1)
         ).first()
         last_seq = int(last.seq) if last is not None else 0
+        # Committed by whoever made it, so a safe lower bound from now on (a racing update may lower it: still safe).
+        self._checkpointed = max(self._checkpointed, last_seq)
         if seq <= last_seq:
             return None
         due = seq - last_seq >= self.checkpoint_every
@@ -252,12 +342,9 @@ class AuditStore:
         log.info("audit checkpoint signed", extra={"seq": seq, "key_id": self.signer.key_id})
         return checkpoint
 
-    @staticmethod
-    def _head(connection: Connection) -> tuple[int, str]:
-        head = connection.execute(
-            select(ENTRIES.c.seq, ENTRIES.c.hash).order_by(ENTRIES.c.seq.desc()).limit(1)
-        ).first()
-        return (int(head.seq), str(head.hash)) if head is not None else (0, GENESIS_HASH)
+    def _head(self, connection: Connection) -> tuple[int, str]:
+        head = connection.exec_driver_sql(self._sql.head).first()
+        return (int(head[0]), str(head[1])) if head is not None else (0, GENESIS_HASH)
 
     @staticmethod
     def _lock(connection: Connection) -> None:
@@ -267,10 +354,9 @@ class AuditStore:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
         elif dialect == "postgresql":
             # EXCLUSIVE blocks other writers but not readers: trails and verify keep working meanwhile.
-            connection.execute(text("LOCK TABLE audit_entries IN EXCLUSIVE MODE"))
+            connection.exec_driver_sql("LOCK TABLE audit_entries IN EXCLUSIVE MODE")
 
-    @staticmethod
-    def _unseen(connection: Connection, entries: Sequence[NewEntry]) -> list[NewEntry]:
+    def _unseen(self, connection: Connection, entries: Sequence[NewEntry]) -> list[NewEntry]:
         """The entries whose event is neither in the chain nor earlier in the same batch."""
         first: dict[str, NewEntry] = {}
         for entry in entries:
@@ -279,7 +365,12 @@ class AuditStore:
         seen: set[str] = set()
         for start in range(0, len(ids), _LOOKUP_CHUNK):
             chunk = ids[start:start + _LOOKUP_CHUNK]
-            seen.update(connection.scalars(select(ENTRIES.c.event_id).where(ENTRIES.c.event_id.in_(chunk))))
+            # Padded (repeating the last id) to a power of two: few distinct statements to compile and prepare.
+            size = min(_LOOKUP_CHUNK, 1 << (len(chunk) - 1).bit_length())
+            chunk += [chunk[-1]] * (size - len(chunk))
+            sql, names = self._sql.lookup(size)
+            params: Any = tuple(chunk) if names is None else dict(zip(names, chunk, strict=True))
+            seen.update(row[0] for row in connection.exec_driver_sql(sql, params))
         return [entry for event_id, entry in first.items() if event_id not in seen]
 
     def trail(self, subject: str) -> list[TrailEntry]:

@@ -28,8 +28,9 @@ def build(settings: Settings | None = None) -> tuple[Service, FastAPI]:
         service.topic_specs.append(topics.TopicSpec(topics.DELETIONS))
     store = NotifyStore(service.engine)
     postfach = PostfachChannel(settings)
+    email = EmailChannel(settings)
     channels: dict[ReplyChannel, Channel] = {
-        ReplyChannel.EMAIL: EmailChannel(settings),
+        ReplyChannel.EMAIL: email,
         ReplyChannel.POSTFACH: postfach,
         ReplyChannel.LETTER: LetterChannel(settings),
     }
@@ -45,6 +46,7 @@ def build(settings: Settings | None = None) -> tuple[Service, FastAPI]:
         try:
             await scheduler()
         finally:
+            await email.aclose()
             await postfach.aclose()
 
     service.background += [notification_scheduler,

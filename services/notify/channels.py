@@ -8,6 +8,7 @@ Errors are reported by class and status code only: an SMTP server's or API's tex
 import contextlib
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.errors import MessageError
@@ -27,6 +28,10 @@ from services.notify.messages import Message
 from services.notify.models import Contact
 from services.notify.settings import Settings
 
+# An SMTP connection is reused for the next message while it has been idle less than this (relays close idle
+# sessions after a few minutes; RFC 5321 §4.5.3.2.7 asks them to wait at least 5), and at most this many are kept.
+SMTP_IDLE_S = 30.0
+SMTP_KEPT = 4
 
 @dataclass(frozen=True)
 class Delivery:
@@ -87,6 +92,13 @@ class EmailChannel:
         _, from_address = parseaddr(settings.mail_from)
         # Message-IDs carry the sender's domain, as RFC 5322 recommends.
         self.domain = from_address.rpartition("@")[2] or "ozg.example"
+        # The email package parses a header on every assignment; the ones all messages share are parsed once.
+        self._from = _header("From", settings.mail_from)
+        self._auto_submitted = _header("Auto-Submitted", "auto-generated")
+        self._languages: dict[str, object] = {}
+        self._date: tuple[int, object] = (-1, "")
+        # Connections to the relay kept open for the next message, each with when it was last used (monotonic).
+        self._idle: list[tuple[aiosmtplib.SMTP, float]] = []
 
     def build(self, notification_id: UUID, contact: Contact, message: Message) -> EmailMessage:
         """The e-mail for ``message`` to ``contact``."""
@@ -96,16 +108,26 @@ class EmailChannel:
         # set_content() first: it drops any Content-* header set before it, Content-Language included.
         # Quoted-printable keeps the German text readable in a raw .eml, unlike base64.
         mail.set_content(message.body, cte="quoted-printable")
-        mail["From"] = self.settings.mail_from
+        mail["From"] = self._from
         mail["To"] = Address(display_name=contact.name, addr_spec=contact.email)
         mail["Subject"] = message.subject
-        mail["Date"] = formatdate(localtime=False, usegmt=True)
+        mail["Date"] = self._date_header()
         # The same Message-ID on every attempt of one notification: a relay or mailbox can drop a repeat.
         mail["Message-ID"] = make_msgid(idstring=notification_id.hex, domain=self.domain)
-        mail["Content-Language"] = message.language
+        language = self._languages.get(message.language)
+        if language is None:
+            language = self._languages[message.language] = _header("Content-Language", message.language)
+        mail["Content-Language"] = language
         # RFC 3834: tells mail servers and autoresponders that no human wrote this, so they don't answer it.
-        mail["Auto-Submitted"] = "auto-generated"
+        mail["Auto-Submitted"] = self._auto_submitted
         return mail
+
+    def _date_header(self) -> object:
+        """The Date header of this second (RFC 5322 dates have no fractions), parsed once per second."""
+        second = int(time.time())
+        if self._date[0] != second:
+            self._date = (second, _header("Date", formatdate(second, localtime=False, usegmt=True)))
+        return self._date[1]
 
     async def deliver(self, notification_id: UUID, contact: Contact, message: Message) -> Delivery:
         """One SMTP transaction."""
@@ -114,23 +136,87 @@ class EmailChannel:
         except (ValueError, TypeError, MessageError) as exc:
             # E.g. a line break in a name: header injection is refused by the email package, and not retried.
             return Delivery.permanent(f"invalid message: {type(exc).__name__}")
-        settings = self.settings
-        password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
         try:
-            await aiosmtplib.send(
-                mail,
-                hostname=settings.smtp_host,
-                port=settings.smtp_port,
-                username=settings.smtp_username,
-                password=password,
-                use_tls=settings.smtp_tls,
-                # False, not None: aiosmtplib would otherwise upgrade whenever the server offers it.
-                start_tls=settings.smtp_starttls,
-                timeout=settings.smtp_timeout_s,
-            )
+            await self._send(mail)
         except (aiosmtplib.SMTPException, OSError) as exc:
             return Delivery(ok=False, error=_describe(exc), temporary=_transient(exc))
         return Delivery.sent()
+
+    async def _send(self, mail: EmailMessage) -> None:
+        """Send over an idle connection if there is one, else over a new one; keep it open for the next message.
+
+        Connecting (TCP, greeting, EHLO, STARTTLS, AUTH) cost more than sending a message. A kept connection the
+        relay closed in the meantime fails at its first command, before anything was sent: the message then goes
+        once more over a new connection instead of counting as a failed attempt.
+        """
+        smtp = self._checkout()
+        if smtp is not None:
+            try:
+                await self._transaction(smtp, mail)
+                return
+            except aiosmtplib.SMTPServerDisconnected:
+                pass
+        smtp = self._client()
+        await smtp.connect()
+        await self._transaction(smtp, mail)
+
+    async def _transaction(self, smtp: aiosmtplib.SMTP, mail: EmailMessage) -> None:
+        try:
+            await smtp.send_message(mail)
+        except aiosmtplib.SMTPResponseException:
+            # A refusal (4xx, 5xx) leaves the session usable: aiosmtplib reset it with RSET.
+            self._checkin(smtp)
+            raise
+        except BaseException:
+            smtp.close()
+            raise
+        self._checkin(smtp)
+
+    def _client(self) -> aiosmtplib.SMTP:
+        settings = self.settings
+        password = settings.smtp_password.get_secret_value() if settings.smtp_password else None
+        return aiosmtplib.SMTP(
+            hostname=settings.smtp_host,
+            port=settings.smtp_port,
+            username=settings.smtp_username,
+            password=password,
+            use_tls=settings.smtp_tls,
+            # False, not None: aiosmtplib would otherwise upgrade whenever the server offers it.
+            start_tls=settings.smtp_starttls,
+            timeout=settings.smtp_timeout_s,
+        )
+
+    def _checkout(self) -> aiosmtplib.SMTP | None:
+        """The most recently used open connection, closing those idle too long (a relay times them out)."""
+        now = time.monotonic()
+        while self._idle:
+            smtp, used = self._idle.pop()
+            if smtp.is_connected and now - used < SMTP_IDLE_S:
+                return smtp
+            smtp.close()
+        return None
+
+    def _checkin(self, smtp: aiosmtplib.SMTP) -> None:
+        if smtp.is_connected and len(self._idle) < SMTP_KEPT:
+            self._idle.append((smtp, time.monotonic()))
+        else:
+            smtp.close()
+
+    async def aclose(self) -> None:
+        """Close the kept connections."""
+        while self._idle:
+            self._idle.pop()[0].close()
+
+
+def _header(name: str, value: str) -> object:
+    """``value`` parsed as header ``name`` once, for assigning to many messages; the raw string if it doesn't
+    parse, so each message refuses it as before (``build`` reports that as an invalid message)."""
+    probe = EmailMessage()
+    try:
+        probe[name] = value
+    except (ValueError, TypeError, MessageError):
+        return value
+    return probe[name]
 
 
 class PostfachChannel:

@@ -25,7 +25,7 @@ from services.notify.channels import Channel, Delivery
 from services.notify.models import Notification, NotificationStatus
 from services.notify.ratelimit import TokenBucket
 from services.notify.settings import Settings
-from services.notify.store import NotifyStore
+from services.notify.store import Attempt, NotifyStore
 from shared import events, topics
 from shared.backoff import delay_s
 from shared.envelope import build_event, derived_event_id
@@ -91,16 +91,24 @@ class Deliverer:
             "ozg_notify_contacts_deleted", "Contacts deleted after the retention period", registry=registry,
         )
 
+    def lease_until(self, now: datetime) -> datetime:
+        """Until when an attempt starting at ``now`` holds its notification."""
+        return now + timedelta(seconds=self.settings.attempt_lease_s)
+
     async def attempt(self, notification_id: UUID) -> None:
         """Make one attempt if the notification is due and no other worker has it; record and report the result."""
         now = now_utc()
-        lease_until = now + timedelta(seconds=self.settings.attempt_lease_s)
         taken = await anyio.to_thread.run_sync(
-            partial(self.store.start_attempt, notification_id, now=now, lease_until=lease_until)
+            partial(self.store.start_attempt, notification_id, now=now, lease_until=self.lease_until(now))
         )
-        if taken is None:
-            return
+        if taken is not None:
+            await self.make(taken)
+
+    async def make(self, taken: Attempt) -> None:
+        """Make the attempt ``taken`` (from :meth:`NotifyStore.start_attempt`, held by this process now): deliver,
+        then record and report the result."""
         notification = taken.notification
+        notification_id = notification.notification_id
         if taken.contact is None or taken.message is None:
             delivery = Delivery.permanent(NO_CONTACT)
         else:

@@ -12,7 +12,6 @@ import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import partial
 from uuid import UUID
 
 import anyio.to_thread
@@ -22,7 +21,7 @@ from services.notify.delivery import Deliverer, now_utc
 from services.notify.messages import Renderer, service_name
 from services.notify.models import FINAL_STATUSES, Contact, ParkedEvent
 from services.notify.settings import Settings
-from services.notify.store import Claimed, NotifyStore
+from services.notify.store import Attempt, Claimed, NotifyStore, Seen
 from shared import events, topics
 from shared.envelope import Envelope, InvalidEvent
 from shared.events import (
@@ -177,9 +176,11 @@ class Notifier:
     async def _claim_and_deliver(self, envelope: Envelope, trigger: Trigger, contact: Contact) -> None:
         # Rendered before the claim: a failure here is retried with nothing recorded yet.
         message = self.renderer.render(trigger.template, contact.language, self.context(contact, trigger))
-        claim = await anyio.to_thread.run_sync(
-            partial(
-                self.store.claim,
+
+        def claim_and_start() -> tuple[Claimed | Seen, Attempt | None]:
+            # The claim and the start of the first attempt stay two transactions (a crash between them leaves a
+            # due notification for the scheduler, not an interrupted attempt), made in one trip to a worker thread.
+            claim = self.store.claim(
                 event_id=envelope.id,
                 event_type=envelope.type,
                 case_id=trigger.case_id,
@@ -189,9 +190,17 @@ class Notifier:
                 authority_name=trigger.authority_name,
                 ended=trigger.ends_case,
             )
-        )
+            if not isinstance(claim, Claimed):
+                return claim, None
+            now = now_utc()
+            return claim, self.store.start_attempt(claim.notification.notification_id, now=now,
+                                                   lease_until=self.deliverer.lease_until(now))
+
+        claim, taken = await anyio.to_thread.run_sync(claim_and_start)
         if isinstance(claim, Claimed):
-            await self.deliverer.attempt(claim.notification.notification_id)
+            # None: another worker (the scheduler) took the notification first and makes the attempt.
+            if taken is not None:
+                await self.deliverer.make(taken)
             return
         # A redelivered event: send nothing new. Finish what the first delivery left undone: publish an outcome
         # that isn't yet, or make an attempt that is due (both no-ops if done or owned elsewhere).

@@ -15,10 +15,14 @@ The built-in PDF fonts cover Windows-1252 (German umlauts, „ “ – €); oth
 
 import re
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
+from functools import cache
+from typing import TYPE_CHECKING
 
-from fpdf import FPDF
+if TYPE_CHECKING:
+    from fpdf import FPDF
 
 ENCODING = "windows-1252"
 LEFT = 25.0
@@ -70,31 +74,42 @@ def format_date(day: date, language: str) -> str:
     return day.strftime("%d.%m.%Y") if language == "de" else day.isoformat()
 
 
-class _Letter(FPDF):
-    def __init__(self, page_label: str) -> None:
-        super().__init__(orientation="P", unit="mm", format="A4")
-        self.page_label = page_label
-        self.core_fonts_encoding = ENCODING
-        self.set_margins(LEFT, 20.0, RIGHT_MARGIN)
-        self.set_auto_page_break(auto=True, margin=25.0)
-        self.alias_nb_pages()
+@cache
+def _letter_type() -> Callable[[str], "FPDF"]:
+    """The letter's page layout: an FPDF with fold and hole marks and a page number.
 
-    def header(self) -> None:
-        # Fold marks (105 mm, 210 mm) and the hole mark (148.5 mm) at the left edge of every page.
-        self.set_line_width(0.2)
-        for y, length in ((105.0, 5.0), (148.5, 8.0), (210.0, 5.0)):
-            self.line(3.0, y, 3.0 + length, y)
+    fpdf2 and what it imports take some 30 MB of memory: imported on the first letter, not with the service (most
+    applicants choose a digital channel).
+    """
+    from fpdf import FPDF
 
-    def footer(self) -> None:
-        self.set_y(-15)
-        self.set_font("Helvetica", size=8)
-        self.cell(0, 4, self.page_label.format(page=self.page_no(), pages="{nb}"), align="R")
+    class Letter(FPDF):
+        def __init__(self, page_label: str) -> None:
+            super().__init__(orientation="P", unit="mm", format="A4")
+            self.page_label = page_label
+            self.core_fonts_encoding = ENCODING
+            self.set_margins(LEFT, 20.0, RIGHT_MARGIN)
+            self.set_auto_page_break(auto=True, margin=25.0)
+            self.alias_nb_pages()
+
+        def header(self) -> None:
+            # Fold marks (105 mm, 210 mm) and the hole mark (148.5 mm) at the left edge of every page.
+            self.set_line_width(0.2)
+            for y, length in ((105.0, 5.0), (148.5, 8.0), (210.0, 5.0)):
+                self.line(3.0, y, 3.0 + length, y)
+
+        def footer(self) -> None:
+            self.set_y(-15)
+            self.set_font("Helvetica", size=8)
+            self.cell(0, 4, self.page_label.format(page=self.page_no(), pages="{nb}"), align="R")
+
+    return Letter
 
 
 def render_letter(content: LetterContent) -> bytes:
     """The letter as PDF bytes."""
     labels = LABELS.get(content.language, LABELS["de"])
-    pdf = _Letter(labels["page"])
+    pdf = _letter_type()(labels["page"])
     pdf.set_title(printable(content.subject))
     pdf.set_creator("OZG notify")
     pdf.add_page()

@@ -49,6 +49,8 @@ class Renderer:
             trim_blocks=True,
             lstrip_blocks=True,
             keep_trailing_newline=True,
+            # The templates ship with the service: compiled once, never checked for changes on disk per message.
+            auto_reload=False,
         )
 
     def render(self, template: str, language: str, context: Mapping[str, object]) -> Message:

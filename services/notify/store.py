@@ -1,10 +1,16 @@
-"""Notify's database operations; synchronous, called from async code through a worker thread."""
+"""Notify's database operations; synchronous, called from async code through a worker thread.
+
+The operations every event goes through (contact lookup, claim, attempt, outcome) are SQLAlchemy Core statements
+on a connection: an ORM session, identity map and flush per call cost several times the database work itself.
+"""
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Engine, update
+from sqlalchemy import Connection, Engine, Row, Table, bindparam, insert, update
+from sqlalchemy import select as core_select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -22,6 +28,35 @@ from shared.envelope import derived_event_id
 from shared.idempotency import ProcessedEvent, first_delivery
 
 OPEN_STATUSES = (NotificationStatus.PENDING, NotificationStatus.SENDING)
+
+# The tables, for SQLAlchemy Core statements.
+CONTACTS: Table = Contact.__table__  # type: ignore[attr-defined]
+NOTIFICATIONS: Table = Notification.__table__  # type: ignore[attr-defined]
+PROCESSED: Table = ProcessedEvent.__table__  # type: ignore[attr-defined]
+PARKED: Table = ParkedEvent.__table__  # type: ignore[attr-defined]
+
+# The hot path's statements, built once with bound parameters: SQLAlchemy then finds their compiled form by a
+# memoized cache key, where a statement built per call with its values inline costs more than running it.
+_PROCESSED = core_select(PROCESSED.c.event_id).where(
+    PROCESSED.c.consumer == bindparam("w_consumer"), PROCESSED.c.event_id == bindparam("w_event_id"))
+_CONTACT = core_select(CONTACTS).where(CONTACTS.c.case_id == bindparam("w_case_id"))
+_NOTIFICATION = core_select(NOTIFICATIONS).where(NOTIFICATIONS.c.notification_id == bindparam("w_id"))
+_CAUSED_BY = core_select(NOTIFICATIONS).where(NOTIFICATIONS.c.trigger_event_id == bindparam("w_event_id"))
+_PARKED = (core_select(PARKED).where(PARKED.c.case_id == bindparam("w_case_id"))
+           .order_by(PARKED.c.parked_at))
+# Updates set the columns named in their parameters (besides the w_* ones of the WHERE clause).
+_UPDATE_CONTACT = update(CONTACTS).where(CONTACTS.c.case_id == bindparam("w_case_id"))
+_UPDATE_NOTIFICATION = update(NOTIFICATIONS).where(NOTIFICATIONS.c.notification_id == bindparam("w_id"))
+_START_ATTEMPT = (
+    _UPDATE_NOTIFICATION
+    .where(NOTIFICATIONS.c.status == NotificationStatus.PENDING,
+           NOTIFICATIONS.c.next_attempt_at <= bindparam("w_now"))
+    .values(status=NotificationStatus.SENDING, attempts=NOTIFICATIONS.c.attempts + 1)
+    .returning(*NOTIFICATIONS.c)
+)
+_RECORD_ATTEMPT = (
+    _UPDATE_NOTIFICATION.where(NOTIFICATIONS.c.status == NotificationStatus.SENDING).returning(*NOTIFICATIONS.c)
+)
 
 
 class UnknownContactError(Exception):
@@ -71,13 +106,13 @@ class NotifyStore:
 
     def contact(self, case_id: UUID) -> Contact | None:
         """The contact of a case, or None if its submitted event hasn't been seen (or it was deleted)."""
-        with self._session() as session:
-            return session.get(Contact, case_id)
+        with self.engine.connect() as connection:
+            return _contact_of(connection, case_id)
 
     def processed(self, event_id: str) -> bool:
         """Whether notify's consumer has processed ``event_id`` before."""
-        with self._session() as session:
-            return session.get(ProcessedEvent, (self.CONSUMER, event_id)) is not None
+        with self.engine.connect() as connection:
+            return _processed(connection, self.CONSUMER, event_id)
 
     def pass_over(self, event_id: str) -> bool:
         """Record ``event_id`` as processed without a message; False if it was processed before (idempotent)."""
@@ -109,39 +144,46 @@ class NotifyStore:
         remembered on the contact for later messages; ``ended`` (the case closed, was withdrawn or rejected)
         starts the retention clock. Raises :class:`UnknownContactError` when the case has no contact.
         """
-        with self._session() as session:
-            if not first_delivery(session, self.CONSUMER, event_id):
-                return Seen(self._caused_by(session, event_id))
-            contact = session.get(Contact, case_id)
-            if contact is None and new_contact is not None:
-                contact = new_contact
-            if contact is None:
-                raise UnknownContactError(f"no contact for case {case_id}")
-            if authority_name is not None:
-                contact.authority_name = authority_name
-            if ended and contact.ended_at is None:
-                contact.ended_at = now
-            session.add(contact)
-            notification = Notification(
-                notification_id=notification_id(event_id),
-                case_id=case_id,
-                channel=contact.reply_channel,
-                trigger_event_id=event_id,
-                trigger_type=event_type,
-                status=NotificationStatus.PENDING,
-                created_at=now,
-                next_attempt_at=now,
-                subject=message.subject,
-                body=message.body,
-                language=message.language,
-            )
-            session.add(notification)
+        with self.engine.connect() as connection:
+            if _processed(connection, self.CONSUMER, event_id):
+                return Seen(_caused_by(connection, event_id))
             try:
-                session.commit()
+                connection.execute(insert(PROCESSED), {"consumer": self.CONSUMER, "event_id": event_id,
+                                                       "processed_at": datetime.now(UTC)})
+                stored = _contact_of(connection, case_id)
+                contact = stored or new_contact
+                if contact is None:
+                    raise UnknownContactError(f"no contact for case {case_id}")
+                changes: dict[str, Any] = {}
+                if authority_name is not None:
+                    changes["authority_name"] = authority_name
+                if ended and contact.ended_at is None:
+                    changes["ended_at"] = now
+                for name, value in changes.items():
+                    setattr(contact, name, value)
+                if stored is None:
+                    connection.execute(insert(CONTACTS), _values(contact, CONTACTS))
+                elif changes:
+                    connection.execute(_UPDATE_CONTACT, {"w_case_id": case_id, **changes})
+                notification = Notification(
+                    notification_id=notification_id(event_id),
+                    case_id=case_id,
+                    channel=contact.reply_channel,
+                    trigger_event_id=event_id,
+                    trigger_type=event_type,
+                    status=NotificationStatus.PENDING,
+                    created_at=now,
+                    next_attempt_at=now,
+                    subject=message.subject,
+                    body=message.body,
+                    language=message.language,
+                )
+                connection.execute(insert(NOTIFICATIONS), _values(notification, NOTIFICATIONS))
+                connection.commit()
             except IntegrityError:
                 # A concurrent delivery of the same event committed first; it owns the delivery.
-                session.rollback()
-                return Seen(self._caused_by(session, event_id))
+                connection.rollback()
+                return Seen(_caused_by(connection, event_id))
             return Claimed(notification=notification, contact=contact)
 
     def start_attempt(self, notification_id: UUID, *, now: datetime, lease_until: datetime) -> Attempt | None:
@@ -150,30 +192,18 @@ class NotifyStore:
         The conditional update lets exactly one of several workers (replicas, the consumer and the scheduler)
         win; the lease marks the attempt as under way, so a crash during it is noticed later.
         """
-        with self._session() as session:
-            result = session.execute(
-                update(Notification)
-                .where(
-                    col(Notification.notification_id) == notification_id,
-                    col(Notification.status) == NotificationStatus.PENDING,
-                    col(Notification.next_attempt_at) <= now,
-                )
-                .values(
-                    status=NotificationStatus.SENDING,
-                    attempts=col(Notification.attempts) + 1,
-                    next_attempt_at=lease_until,
-                    last_attempt_at=now,
-                )
-            )
-            session.commit()
-            if result.rowcount != 1:  # type: ignore[attr-defined]
+        with self.engine.connect() as connection:
+            row = connection.execute(_START_ATTEMPT, {"w_id": notification_id, "w_now": now,
+                                                      "next_attempt_at": lease_until, "last_attempt_at": now}).first()
+            connection.commit()
+            if row is None:
                 return None
-            notification = session.get_one(Notification, notification_id, populate_existing=True)
+            notification = _notification_of(row)
             message = None
             if notification.subject is not None and notification.body is not None:
                 message = Message(subject=notification.subject, body=notification.body,
                                   language=notification.language or "de")
-            return Attempt(notification, session.get(Contact, notification.case_id), message)
+            return Attempt(notification, _contact_of(connection, notification.case_id), message)
 
     def record_attempt(
         self,
@@ -189,14 +219,14 @@ class NotifyStore:
         Only a notification still held by the attempt changes; a final one (a lapsed lease already reported)
         is returned as it is.
         """
-        with self._session() as session:
-            notification = session.get_one(Notification, notification_id, with_for_update=True)
-            if notification.status != NotificationStatus.SENDING:
-                return notification
-            self._apply(notification, status=status, now=now, error=error, next_attempt_at=next_attempt_at)
-            session.add(notification)
-            session.commit()
-            return notification
+        changes = _outcome(status=status, now=now, error=error, next_attempt_at=next_attempt_at)
+        with self.engine.connect() as connection:
+            # The conditional update is the check and the change in one statement, as a row lock would make them.
+            row = connection.execute(_RECORD_ATTEMPT, {"w_id": notification_id, **changes}).first()
+            if row is None:
+                row = connection.execute(_NOTIFICATION, {"w_id": notification_id}).one()
+            connection.commit()
+            return _notification_of(row)
 
     def fail_unsent(self, notification_id: UUID, *, now: datetime, error: str) -> Notification | None:
         """Fail a notification that is pending or whose attempt lapsed, without an attempt; None if it moved on."""
@@ -207,38 +237,17 @@ class NotifyStore:
             )
             if not (lapsed or notification.status == NotificationStatus.PENDING):
                 return None
-            self._apply(notification, status=NotificationStatus.FAILED, now=now, error=error)
+            for name, value in _outcome(status=NotificationStatus.FAILED, now=now, error=error).items():
+                setattr(notification, name, value)
             session.add(notification)
             session.commit()
             return notification
 
-    @staticmethod
-    def _apply(
-        notification: Notification,
-        *,
-        status: NotificationStatus,
-        now: datetime,
-        error: str | None,
-        next_attempt_at: datetime | None = None,
-    ) -> None:
-        notification.status = status
-        notification.error = error[:500] if error else None
-        notification.last_attempt_at = now
-        if status in FINAL_STATUSES:
-            notification.next_attempt_at = None
-            notification.sent_at = now if status == NotificationStatus.SENT else None
-            # The text names the applicant; once it can't be sent any more, it goes.
-            notification.subject = notification.body = notification.language = None
-        else:
-            notification.next_attempt_at = next_attempt_at
-
     def mark_published(self, notification_id: UUID, now: datetime) -> None:
         """Note that the final outcome is on ``ozg.notifications``."""
-        with self._session() as session:
-            notification = session.get_one(Notification, notification_id)
-            notification.outcome_published_at = now
-            session.add(notification)
-            session.commit()
+        with self.engine.connect() as connection:
+            connection.execute(_UPDATE_NOTIFICATION, {"w_id": notification_id, "outcome_published_at": now})
+            connection.commit()
 
     def due(self, now: datetime, limit: int = 100) -> list[UUID]:
         """Pending notifications whose next attempt is due, the longest-waiting first."""
@@ -327,10 +336,6 @@ class NotifyStore:
                 return None
             return [NotificationPublic.model_validate(row, from_attributes=True) for row in rows]
 
-    @staticmethod
-    def _caused_by(session: Session, event_id: str) -> list[Notification]:
-        return list(session.exec(select(Notification).where(Notification.trigger_event_id == event_id)).all())
-
     def park(self, event: ParkedEvent) -> None:
         """Keep an event until its case's contact is known (a repeated park of the same event is a no-op)."""
         with self._session() as session:
@@ -343,9 +348,9 @@ class NotifyStore:
 
     def parked(self, case_id: UUID) -> list[ParkedEvent]:
         """The events parked for a case, in the order they arrived."""
-        with self._session() as session:
-            query = select(ParkedEvent).where(ParkedEvent.case_id == case_id).order_by(col(ParkedEvent.parked_at))
-            return list(session.exec(query).all())
+        # Asked after every receipt and almost always empty: a Core query, no session.
+        with self.engine.connect() as connection:
+            return [ParkedEvent(**row._mapping) for row in connection.execute(_PARKED, {"w_case_id": case_id})]
 
     def unpark(self, event_id: str) -> None:
         """Forget a parked event once it has been handled."""
@@ -354,3 +359,43 @@ class NotifyStore:
             if event is not None:
                 session.delete(event)
                 session.commit()
+
+
+def _outcome(
+    *, status: NotificationStatus, now: datetime, error: str | None, next_attempt_at: datetime | None = None
+) -> dict[str, Any]:
+    """The columns an attempt's result sets: final (sent or failed) or pending again until ``next_attempt_at``."""
+    changes: dict[str, Any] = {"status": status, "error": error[:500] if error else None, "last_attempt_at": now}
+    if status in FINAL_STATUSES:
+        changes |= {
+            "next_attempt_at": None,
+            "sent_at": now if status == NotificationStatus.SENT else None,
+            # The text names the applicant; once it can't be sent any more, it goes.
+            "subject": None, "body": None, "language": None,
+        }
+    else:
+        changes["next_attempt_at"] = next_attempt_at
+    return changes
+
+
+def _values(row: Contact | Notification, table: Table) -> dict[str, Any]:
+    """A model's columns, for an insert."""
+    return {column.name: getattr(row, column.name) for column in table.columns}
+
+
+def _notification_of(row: Row[Any]) -> Notification:
+    return Notification(**row._mapping)
+
+
+def _processed(connection: Connection, consumer: str, event_id: str) -> bool:
+    return connection.execute(_PROCESSED, {"w_consumer": consumer, "w_event_id": event_id}).first() is not None
+
+
+def _contact_of(connection: Connection, case_id: UUID) -> Contact | None:
+    row = connection.execute(_CONTACT, {"w_case_id": case_id}).first()
+    return None if row is None else Contact(**row._mapping)
+
+
+def _caused_by(connection: Connection, event_id: str) -> list[Notification]:
+    rows = connection.execute(_CAUSED_BY, {"w_event_id": event_id})
+    return [_notification_of(row) for row in rows]

@@ -182,3 +182,18 @@ def test_tampered_values_needing_escapes_are_found(store: AuditStore, engine: En
     with engine.begin() as connection:
         connection.execute(update(ENTRIES).where(ENTRIES.c.seq == 2).values(source=honest[0]["source"]))
     assert store.verify().intact
+
+
+def test_replicas_appending_in_turn_checkpoint_as_one_appender_would(
+    store: AuditStore, engine: Engine, signer: CheckpointSigner, clock: Clock
+) -> None:
+    # Each store remembers the checkpoints it saw; another replica's appends and checkpoints must not fool it.
+    replica = AuditStore(engine, signer, checkpoint_every=3, checkpoint_interval_s=60, clock=clock)
+    fill(store, 2)
+    fill(replica, 2)
+    fill(store, 2)
+    fill(replica, 1)
+    fill(store, 1)
+    fill(store, 2)
+    assert [c.seq for c in store.checkpoints()] == [4, 7, 10]
+    assert store.verify().intact

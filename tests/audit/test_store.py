@@ -114,6 +114,21 @@ def test_hash_covers_every_field_and_is_canonical_json(store: AuditStore) -> Non
     assert store.verify().intact
 
 
+def test_appends_store_values_exactly_as_core_inserts_them(store: AuditStore, engine: Engine) -> None:
+    # append_many() sends driver-level SQL; verify() reads the stored text (SQLite) as Core would have written it.
+    entry = new_entry(source='/ozg/"quoted"\\ Bürgeramt\n\t',
+                      event_time=datetime(2026, 1, 31, 13, 0, 0, 123, tzinfo=timezone(timedelta(hours=1))))
+    rows = store.append_many([entry, new_entry(destination_id=None, subject=None, status=None, reason="x")])
+    assert store.verify().intact
+    with engine.begin() as connection:
+        connection.execute(ENTRIES.insert(), [{**row, "seq": row["seq"] + 2, "event_id": f"core-{row['seq']}"}
+                                              for row in rows])
+    content = ", ".join(f'"{name}"' for name in (*HASHED_COLUMNS, "hash") if name not in ("seq", "event_id"))
+    with engine.connect() as connection:
+        stored = connection.exec_driver_sql(f"SELECT {content} FROM audit_entries ORDER BY seq").all()
+    assert stored[:2] == stored[2:]
+
+
 def test_triggers_refuse_update_and_delete(store: AuditStore, engine: Engine) -> None:
     fill(store, 2)
     with engine.connect() as connection:

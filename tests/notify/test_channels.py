@@ -13,7 +13,7 @@ from pydantic import SecretStr
 from pypdf import PdfReader
 
 from deploy.local.broker import free_port
-from services.notify.channels import Delivery, LetterChannel, PostfachChannel
+from services.notify.channels import Delivery, EmailChannel, LetterChannel, PostfachChannel
 from services.notify.delivery import backoff, next_step
 from services.notify.letters import printable
 from services.notify.messages import Message, Renderer
@@ -21,7 +21,7 @@ from services.notify.models import Contact, Notification
 from services.notify.ratelimit import TokenBucket
 from services.notify.settings import Settings
 from shared.events import ReplyChannel
-from tests.notify.conftest import PostfachServer
+from tests.notify.conftest import Mailbox, PostfachServer, smtp_server
 
 REFERENCE = "OZG-2026-8F3K-2QXD"
 
@@ -229,3 +229,40 @@ def test_only_temporary_failures_are_retried_within_attempts_and_age() -> None:
     assert next_step(settings, too_old, temporary, now) is None
     assert next_step(settings, notification(1, timedelta(0), now), Delivery.permanent("550"), now) is None
     assert next_step(settings, notification(1, timedelta(0), now), Delivery.sent(), now) is None
+
+
+class CountingMailbox(Mailbox):
+    """Counts the SMTP sessions (EHLO commands) besides collecting messages."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sessions = 0
+
+    async def handle_EHLO(  # noqa: N802 - aiosmtpd's name
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        self.sessions += 1
+        session.host_name = hostname
+        return responses
+
+
+async def test_email_reuses_its_smtp_connection_and_opens_a_new_one_when_it_is_gone() -> None:
+    """Messages share one SMTP session; once that session is gone, the next message goes out over a new one, as a
+    successful attempt rather than a temporary failure."""
+    box = CountingMailbox()
+    to = contact(ReplyChannel.EMAIL, email="e@example.org")
+    with smtp_server(box):
+        channel = EmailChannel(Settings(smtp_port=box.port))
+        try:
+            for _ in range(3):
+                assert await channel.deliver(uuid.uuid4(), to, message()) == Delivery.sent()
+            assert box.sessions == 1
+
+            [(kept, _)] = channel._idle
+            assert kept.transport is not None
+            kept.transport.abort()  # the session is lost (a relay restart, a network failure)
+            assert await channel.deliver(uuid.uuid4(), to, message()) == Delivery.sent()
+            assert box.sessions == 2
+        finally:
+            await channel.aclose()
+        assert len(box.about(REFERENCE)) == 4
