@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from email.errors import MessageError
 from email.headerregistry import Address
 from email.message import EmailMessage
-from email.utils import formatdate, make_msgid, parseaddr
+from email.utils import formatdate, parseaddr
 from pathlib import Path
 from typing import Protocol
 from uuid import UUID
@@ -113,7 +113,8 @@ class EmailChannel:
         mail["Subject"] = message.subject
         mail["Date"] = self._date_header()
         # The same Message-ID on every attempt of one notification: a relay or mailbox can drop a repeat.
-        mail["Message-ID"] = make_msgid(idstring=notification_id.hex, domain=self.domain)
+        # (make_msgid() would add the time and a random number: a new id per attempt.)
+        mail["Message-ID"] = f"<{notification_id.hex}@{self.domain}>"
         language = self._languages.get(message.language)
         if language is None:
             language = self._languages[message.language] = _header("Content-Language", message.language)

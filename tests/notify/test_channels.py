@@ -266,3 +266,19 @@ async def test_email_reuses_its_smtp_connection_and_opens_a_new_one_when_it_is_g
         finally:
             await channel.aclose()
         assert len(box.about(REFERENCE)) == 4
+
+
+async def test_every_attempt_of_a_notification_carries_the_same_message_id() -> None:
+    """A relay or mailbox can drop a repeat only if the repeat has the same Message-ID."""
+    box = Mailbox()
+    to = contact(ReplyChannel.EMAIL, email="e@example.org")
+    notification_id, other = uuid.uuid4(), uuid.uuid4()
+    with smtp_server(box):
+        channel = EmailChannel(Settings(smtp_port=box.port, mail_from="OZG <noreply@ozg.example>"))
+        try:
+            for attempt in (notification_id, notification_id, other):
+                assert await channel.deliver(attempt, to, message()) == Delivery.sent()
+        finally:
+            await channel.aclose()
+    ids = [item.message["Message-ID"] for item in box.about(REFERENCE)]
+    assert ids == [f"<{notification_id.hex}@ozg.example>"] * 2 + [f"<{other.hex}@ozg.example>"]
