@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from services.routing.competence import CompetenceRules, NoCompetenceRule
 from services.routing.directory import AmbiguousPostalCode, Directory, Gemeinde, Kreis, Land, UnknownRegion, Verband
-from services.routing.models import ClearingCase, Destination, RoutedCase, WebhookDelivery
+from services.routing.models import CaseRecord, ClearingCase, Destination, WebhookDelivery
 from services.routing.webhooks import delivery_for
 from shared import events, topics
 from shared.envelope import OutgoingEvent, build_event, derived_event_id
@@ -34,7 +34,7 @@ class Outcome:
     """The events to publish for one application and the record to keep of it."""
 
     publish: list[tuple[str, OutgoingEvent]]
-    case: RoutedCase
+    case: CaseRecord
     # An unroutable case waits in clearing with its application (personal data, kept for routing's own use).
     clearing: ClearingCase | None = None
     # The push of the dispatched event to the destination's webhook, when it has one (persisted with the decision).
@@ -56,7 +56,7 @@ def unroutable(
     )
     event = build_event(event_type=events.UNROUTABLE_V1, source=SOURCE, subject=str(application.case_id),
                         data=data, event_id=derived_event_id(cause_id, events.UNROUTABLE_V1))
-    case = RoutedCase(case_id=application.case_id, reference=application.reference,
+    case = CaseRecord(case_id=application.case_id, reference=application.reference,
                       leika_key=application.leika_key, status=CaseStatus.UNROUTABLE, reason=reason)
     clearing = ClearingCase(case_id=application.case_id, reference=application.reference,
                             leika_key=application.leika_key, reason=reason, detail=detail[:500],
@@ -128,7 +128,7 @@ def routed_outcome(
         (topics.ROUTED, event(events.ROUTED_V1, routed)),
         (topics.destination_topic(destination.destination_id), dispatched_event),
     ]
-    case = RoutedCase(case_id=application.case_id, reference=application.reference,
+    case = CaseRecord(case_id=application.case_id, reference=application.reference,
                       leika_key=application.leika_key, status=CaseStatus.ROUTED,
                       destination_id=destination.destination_id, authority_ars=authority.ars, rule=rule)
     webhook = delivery_for(destination, dispatched_event, application.case_id) if destination.webhook_url else None

@@ -9,7 +9,9 @@ the handler raises and the whole batch is redelivered; consumers de-duplicate on
 from __future__ import annotations
 
 import logging
+from collections import Counter as Tally
 from datetime import UTC, datetime
+from uuid import UUID
 
 import anyio.to_thread
 from aiokafka import ConsumerRecord
@@ -45,6 +47,17 @@ def register(service: Service, state: RoutingState, publisher: OutboxPublisher, 
     # (a memory-only Tansu restarted, a cluster rebuilt) has started afresh: then the destinations' topics are gone
     # too and are created again before use, not left to the broker's auto-creation (off in production).
     handled: dict[tuple[str, int], int] = {}
+
+    def record_batch(outcomes: list[tuple[str, Outcome]], case_ids: list[UUID]) -> list[UUID]:
+        # One worker-thread call and one connection for the decisions and the look-up of kept withdrawals: each
+        # hop costs the event loop a wake-up, each checkout a ping of the database.
+        with state.store.engine.begin() as connection:
+            state.store.record_many([(event_id, o.case, o.clearing, o.webhook) for event_id, o in outcomes],
+                                    connection)
+            kept = publisher.withdrawals.kept(connection, case_ids)
+        # Withdrawals that overtook their case apply now, once it is committed: after the dispatched events,
+        # which are on the topic.
+        return publisher.withdrawals.apply_kept(kept)
 
     async def on_submitted(msg: KafkaMessage) -> None:
         records: tuple[ConsumerRecord[bytes, bytes], ...] = batch_records(msg)
@@ -87,11 +100,8 @@ def register(service: Service, state: RoutingState, publisher: OutboxPublisher, 
             # Published before the decisions are recorded: a crash in between re-publishes the same event ids,
             # which every consumer drops as duplicates.
             await publish_all(broker, [item for _, outcome in outcomes for item in outcome.publish])
-            await anyio.to_thread.run_sync(
-                state.store.record_many, [(event_id, o.case, o.clearing, o.webhook) for event_id, o in outcomes])
-            # Withdrawals that overtook their case apply now: after the dispatched events, which are on the topic.
-            withdrawn = await anyio.to_thread.run_sync(publisher.withdrawals.apply_early,
-                                                       [application.case_id for _, _, application in parsed])
+            withdrawn = await anyio.to_thread.run_sync(
+                record_batch, outcomes, [application.case_id for _, _, application in parsed])
         except Exception:
             # Redelivered after a pause by the dead-letter middleware. A destination's topic may be gone with a
             # broker that lost its state: created again on the retry.
@@ -102,8 +112,11 @@ def register(service: Service, state: RoutingState, publisher: OutboxPublisher, 
             await publisher.flush(str(case_id), timeout_s=settings.status_publish_timeout_s)
         dispatched_at = datetime.now(UTC)
         submitted_at = {event_id: application.submitted_at for _, event_id, application in parsed}
+        # Counted once per label pair and batch: labels() takes a lock and a lookup each time.
+        tally = Tally((o.case.status.value, o.case.rule or o.case.reason or "") for _, o in outcomes)
+        for labels, count in tally.items():
+            decisions.labels(*labels).inc(count)
         for event_id, outcome in outcomes:
-            decisions.labels(outcome.case.status.value, outcome.case.rule or outcome.case.reason or "").inc()
             if outcome.case.destination_id is not None:
                 dispatch_latency.observe((dispatched_at - submitted_at[event_id]).total_seconds())
 

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Engine, delete, tuple_, update
-from sqlmodel import Session, col, select
+from sqlalchemy import Connection, Engine, Table, bindparam, delete, insert, tuple_, update
+from sqlalchemy import select as core_select
+from sqlmodel import Session, SQLModel, col, select
 
 from services.routing.directory import Directory, Gemeinde, Kreis, Land, Verband
 from services.routing.importer import DESTINATIONS, DIRECTORY, bump_version
 from services.routing.models import (
+    CaseRecord,
     ClearingCase,
     DataVersion,
     Destination,
@@ -26,8 +29,38 @@ from services.routing.models import (
 from shared import topics
 from shared.envelope import OutgoingEvent
 from shared.events import CaseStatus
-from shared.idempotency import ProcessedEvent, first_deliveries, first_delivery
+from shared.idempotency import ProcessedEvent, claim_batch, first_delivery, processed_among
 from shared.outbox import stage
+
+
+def _table(model: type[SQLModel]) -> Table:
+    table = model.__table__  # type: ignore[attr-defined]
+    assert isinstance(table, Table)
+    return table
+
+
+_CASES, _CLEARING, _WEBHOOKS = _table(RoutedCase), _table(ClearingCase), _table(WebhookDelivery)
+
+
+def _values(table: Table, row: SQLModel) -> dict[str, Any]:
+    """An ORM object's column values, for a Core statement."""
+    return {column.name: getattr(row, column.name) for column in table.columns}
+
+
+def _merge(connection: Connection, table: Table, key: str, rows: dict[Any, dict[str, Any]]) -> None:
+    """Insert or replace ``rows`` (by primary key ``key``), as ``Session.merge`` does one by one: one query for
+    the keys already there, one executemany insert, one executemany update for the (rare) rows that exist."""
+    if not rows:
+        return
+    column = table.c[key]
+    known = set(connection.scalars(core_select(column).where(column.in_(list(rows)))))
+    if new := [row for k, row in rows.items() if k not in known]:
+        connection.execute(insert(table), new)
+    if known:
+        names = [name for name in next(iter(rows.values())) if name != key]
+        connection.execute(
+            update(table).where(column == bindparam("merge_key")).values({n: bindparam(n) for n in names}),
+            [{"merge_key": k, **{n: rows[k][n] for n in names}} for k in known])
 
 
 class RoutingStore:
@@ -119,39 +152,39 @@ class RoutingStore:
         """Which of ``event_ids`` the dispatcher has taken into effect before (one query for a batch)."""
         if not event_ids:
             return set()
-        with Session(self.engine) as session:
-            rows = session.exec(select(ProcessedEvent.event_id).where(
-                ProcessedEvent.consumer == self.CONSUMER, col(ProcessedEvent.event_id).in_(event_ids)))
-            return set(rows.all())
+        with self.engine.connect() as connection:
+            return processed_among(connection, self.CONSUMER, event_ids)
 
     def record_many(
-        self, decisions: list[tuple[str, RoutedCase, ClearingCase | None, WebhookDelivery | None]],
+        self, decisions: list[tuple[str, CaseRecord, ClearingCase | None, WebhookDelivery | None]],
+        connection: Connection | None = None,
     ) -> None:
         """Record a batch of decisions, each with its event id, clearing case and webhook delivery, in one
-        transaction."""
-        # The callers read their cases after this: they keep their values (all set by routing, none by the database).
-        with Session(self.engine, expire_on_commit=False) as session:
-            fresh = first_deliveries(session, self.CONSUMER, [decision[0] for decision in decisions])
-            taken = []
-            for event_id, case, clearing, webhook in decisions:
-                if event_id in fresh:
-                    fresh.discard(event_id)  # the same event twice in one batch takes effect once
-                    taken.append((case, clearing, webhook))
-            # One query for the cases recorded before (merged); the new ones are inserted in one batch, not looked
-            # up one by one (a merge per case was a third of routing's time in make bench's profile).
-            known = set(session.exec(select(RoutedCase.case_id).where(
-                col(RoutedCase.case_id).in_([case.case_id for case, _, _ in taken])))) if taken else set()
-            for case, clearing, webhook in taken:
-                if case.case_id in known:
-                    session.merge(case)
-                else:
-                    session.add(case)
-                    known.add(case.case_id)
-                if clearing is not None:
-                    session.merge(clearing)
-                if webhook is not None:
-                    session.merge(webhook)
-            session.commit()
+        transaction (``connection``'s, if given: the caller commits it): the event ids are claimed in it
+        (idempotent consumer), so a redelivered one changes nothing."""
+        if connection is None:
+            with self.engine.begin() as own:
+                self.record_many(decisions, own)
+            return
+        # SQLAlchemy Core, a few statements per batch: the ORM's per-object work (construction, unit of work,
+        # flush) was most of routing's database time.
+        fresh = claim_batch(connection, self.CONSUMER, [decision[0] for decision in decisions])
+        cases: dict[UUID, dict[str, Any]] = {}
+        clearing_cases: dict[UUID, dict[str, Any]] = {}
+        webhooks: dict[UUID, dict[str, Any]] = {}
+        for event_id, case, clearing, webhook in decisions:
+            if event_id not in fresh:
+                continue
+            fresh.discard(event_id)  # the same event twice in one batch takes effect once
+            # A later decision of the same case replaces an earlier one, as a later merge did.
+            cases[case.case_id] = case.row()
+            if clearing is not None:
+                clearing_cases[clearing.case_id] = _values(_CLEARING, clearing)
+            if webhook is not None:
+                webhooks[webhook.delivery_id] = _values(_WEBHOOKS, webhook)
+        _merge(connection, _CASES, "case_id", cases)
+        _merge(connection, _CLEARING, "case_id", clearing_cases)
+        _merge(connection, _WEBHOOKS, "delivery_id", webhooks)
 
     def clearing_cases(self, limit: int, offset: int) -> list[ClearingCase]:
         """Cases waiting in clearing, oldest first."""
@@ -165,7 +198,7 @@ class RoutingStore:
             return session.get(ClearingCase, case_id)
 
     def resolve_clearing(
-        self, case: RoutedCase, publish: Sequence[tuple[str, OutgoingEvent]], webhook: WebhookDelivery | None = None,
+        self, case: CaseRecord, publish: Sequence[tuple[str, OutgoingEvent]], webhook: WebhookDelivery | None = None,
     ) -> bool:
         """Route a case out of clearing by hand: take it out (deleting the kept application, its personal data),
         record the decision and put its events into the outbox, in one transaction.
@@ -179,7 +212,7 @@ class RoutingStore:
                 return False
             if webhook is not None and session.get(WebhookDelivery, webhook.delivery_id) is None:
                 session.add(webhook)
-            session.merge(case)
+            session.merge(case.routed_case())
             for topic, event in publish:
                 stage(session, topic, event)
             session.commit()

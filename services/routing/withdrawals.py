@@ -13,10 +13,11 @@ import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Any, NamedTuple
 from uuid import UUID
 
-from sqlalchemy import Engine, delete, update
-from sqlmodel import Session, col, select
+from sqlalchemy import Connection, Engine, Table, delete, select, update
+from sqlmodel import Session, col
 
 from services.routing.lifecycle import may_withdraw, status_event
 from services.routing.models import ClearingCase, Destination, EarlyWithdrawal, RoutedCase
@@ -31,6 +32,10 @@ log = logging.getLogger(__name__)
 
 FORWARD = "forward"
 
+# The tables, for the dispatcher's per-batch look-up in SQLAlchemy Core.
+_EARLY: Table = EarlyWithdrawal.__table__  # type: ignore[attr-defined]
+_CASES: Table = RoutedCase.__table__  # type: ignore[attr-defined]
+
 
 class Withdrawn(StrEnum):
     """What became of a withdrawal event."""
@@ -40,6 +45,14 @@ class Withdrawn(StrEnum):
     TOO_LATE = "too_late"  # decided, closed or rejected: nothing changes
     ALREADY = "already"  # withdrawn before
     DUPLICATE = "duplicate"  # this event was processed before
+
+
+class KeptWithdrawal(NamedTuple):
+    """A withdrawal kept until its case is routed."""
+
+    case_id: UUID
+    event_id: str
+    change: dict[str, Any]
 
 
 class ConcurrentChange(RuntimeError):
@@ -87,13 +100,28 @@ class WithdrawalStore:
         The dispatcher, the status consumer and the outbox sweep all call this; whoever deletes the kept row
         applies it, in the same transaction, so each is applied exactly once.
         """
-        query = select(EarlyWithdrawal).join(RoutedCase, col(RoutedCase.case_id) == col(EarlyWithdrawal.case_id))
+        with self.engine.connect() as connection:
+            kept = self.kept(connection, case_ids, limit)
+        return self.apply_kept(kept)
+
+    def kept(self, connection: Connection, case_ids: Sequence[UUID] | None = None,
+             limit: int = 500) -> list[KeptWithdrawal]:
+        """The kept withdrawals whose case routing knows (only of ``case_ids``, if given), oldest first, as
+        ``connection`` sees them: the dispatcher asks inside the transaction that records its batch."""
+        # Core, not ORM: the dispatcher asks once per batch and nearly always finds nothing, and an ORM query's
+        # per-call set-up cost more than routing's own recording of the batch.
+        query = select(_EARLY.c.case_id, _EARLY.c.event_id, _EARLY.c.change).join(
+            _CASES, _CASES.c.case_id == _EARLY.c.case_id)
         if case_ids is not None:
             if not case_ids:
                 return []
-            query = query.where(col(EarlyWithdrawal.case_id).in_(case_ids))
-        with Session(self.engine) as session:
-            kept = list(session.exec(query.order_by(col(EarlyWithdrawal.received_at)).limit(limit)).all())
+            query = query.where(_EARLY.c.case_id.in_(list(case_ids)))
+        rows = connection.execute(query.order_by(_EARLY.c.received_at).limit(limit))
+        return [KeptWithdrawal(*row) for row in rows]
+
+    def apply_kept(self, kept: Sequence[KeptWithdrawal]) -> list[UUID]:
+        """Apply withdrawals found by kept(), each in its own transaction (so only once the transaction kept() ran
+        in has committed); returns the cases withdrawn."""
         applied: list[UUID] = []
         for row in kept:
             with Session(self.engine) as session:
