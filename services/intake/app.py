@@ -60,7 +60,7 @@ def build(settings: Settings | None = None) -> tuple[Service, FastAPI]:
     blobs = blob_store(settings)
     limiter = RateLimiter(settings.rate_limit)
     writer = SubmissionWriter(store)
-    handlers.register(service.broker, store, settings)
+    handlers.register(service, store, settings)
     backlog = Backlog(service.registry, service.name)
     service.background.append(
         outbox_job(store, publisher, backlog, settings.outbox_after_s, settings.outbox_interval_s))

@@ -28,6 +28,9 @@ class Settings(ServiceSettings):
     # Outbox: a case still pending this long after its reservation is published again (with its event id).
     outbox_after_s: float = Field(default=60.0, gt=0)
     outbox_interval_s: float = Field(default=15.0, gt=0)
+    # Status events (routed, unroutable, status-changed) are consumed in batches of up to this many records.
+    batch_max_records: int = Field(default=500, ge=1)
+    batch_timeout_ms: int = Field(default=20, ge=1)
 
     # Attachments (claim-check): the local blob store, size limits, and when unreferenced uploads are removed.
     blob_dir: Path = Path(".run/blobs")

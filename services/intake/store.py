@@ -8,13 +8,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from uuid import UUID
 
-from sqlalchemy import Connection, Engine, Table, delete, func, insert, update
+from sqlalchemy import Connection, Engine, Table, bindparam, delete, func, insert, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel, col, select
 
 from services.intake.models import Attachment, Case, CaseHistory, CasePublic, CaseState, HistoryEntry
 from shared.events import ENDED_STATUSES, CaseStatus
-from shared.idempotency import first_delivery
+from shared.idempotency import claim_batch
 
 # Crockford's base32 without I, L, O, U: no two characters a clerk reading aloud could confuse.
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -38,6 +38,18 @@ def new_reference(now: datetime | None = None) -> str:
     bits = int.from_bytes(secrets.token_bytes(5))
     chars = "".join(_ALPHABET[(bits >> shift) & 31] for shift in range(35, -1, -5))
     return f"OZG-{year}-{chars[:4]}-{chars[4:]}"
+
+
+@dataclass(frozen=True)
+class StatusChange:
+    """What a status event says about one of intake's cases."""
+
+    event_id: str
+    case_id: UUID
+    status: CaseStatus
+    at: datetime
+    detail: str | None = None
+    destination_id: UUID | None = None
 
 
 @dataclass(frozen=True)
@@ -72,6 +84,26 @@ class AttachmentsTaken:
 Reservation = Reserved | Replay | KeyReused | InFlight | AttachmentsTaken
 
 
+class _GroupCommitStatements:
+    """The statements of the group commit, built once: constructing them anew for every batch (coercions, cache
+    keys) cost SQLAlchemy more CPU than SQLite needed to run them."""
+
+    def __init__(self) -> None:
+        cases, history = _table(Case), _table(CaseHistory)
+        # Two lists, not a list of pairs: SQLite answers "(a, b) IN (VALUES ...)" with a scan of the whole table,
+        # these with lookups in the unique index (a batch comes from few clients). Other clients' rows that match
+        # only across the lists are dropped by the caller.
+        self.lookup = cases.select().where(cases.c.client_id.in_(bindparam("clients", expanding=True)),
+                                           cases.c.idempotency_key.in_(bindparam("keys", expanding=True)))
+        self.case_columns = [column.name for column in cases.columns]
+        self.insert_cases = insert(cases)
+        # Only the cases still pending change and get their history entry: accepting is idempotent.
+        self.accept = (update(cases).where(cases.c.case_id.in_(bindparam("ids", expanding=True)),
+                                           cases.c.state == CaseState.PENDING)
+                       .values(state=CaseState.ACCEPTED, submission=None).returning(cases.c.case_id))
+        self.insert_history = insert(history)
+
+
 class IntakeStore:
     """Cases, their history and the idempotency keys of submissions."""
 
@@ -79,6 +111,7 @@ class IntakeStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._sql = _GroupCommitStatements()
 
     def reserve(self, candidate: Case, attachment_ids: Sequence[UUID] = ()) -> Reservation:
         """Reserve ``candidate`` under its (client, idempotency key) and bind its attachments, or say why not."""
@@ -150,18 +183,12 @@ class IntakeStore:
             case.submission = None
         return outcomes
 
-    @staticmethod
-    def _reserve_batch(connection: Connection, candidates: Sequence[Case]) -> list[Reservation]:
+    def _reserve_batch(self, connection: Connection, candidates: Sequence[Case]) -> list[Reservation]:
         if not candidates:
             return []
-        table = _table(Case)
         keys = {(candidate.client_id, candidate.idempotency_key) for candidate in candidates}
-        # Two lists, not a list of pairs: SQLite answers "(a, b) IN (VALUES ...)" with a scan of the whole table,
-        # these with lookups in the unique index (a batch comes from few clients). Other clients' rows that match
-        # only across the lists are dropped here.
-        rows = connection.execute(table.select().where(
-            table.c.client_id.in_({client for client, _ in keys}), table.c.idempotency_key.in_({key for _, key in keys})
-        ))
+        rows = connection.execute(self._sql.lookup, {"clients": list({client for client, _ in keys}),
+                                                     "keys": list({key for _, key in keys})})
         known = {pair: Case(**row._mapping) for row in rows if (pair := (row.client_id, row.idempotency_key)) in keys}
         outcomes: list[Reservation] = []
         new: list[Case] = []
@@ -180,23 +207,18 @@ class IntakeStore:
             else:
                 outcomes.append(Replay(existing))
         if new:
-            columns = [column.name for column in table.columns]
-            connection.execute(insert(table), [{name: getattr(case, name) for name in columns} for case in new])
+            columns = self._sql.case_columns
+            connection.execute(self._sql.insert_cases, [{name: getattr(case, name) for name in columns}
+                                                        for case in new])
         return outcomes
 
-    @staticmethod
-    def _accept_batch(connection: Connection, acceptances: Sequence[Case]) -> None:
+    def _accept_batch(self, connection: Connection, acceptances: Sequence[Case]) -> None:
         if not acceptances:
             return
-        table = _table(Case)
         cases = {case.case_id: case for case in acceptances}
-        # Only the cases still pending change and get their history entry: accepting is idempotent.
-        changed = connection.execute(
-            update(table).where(table.c.case_id.in_(cases), table.c.state == CaseState.PENDING)
-            .values(state=CaseState.ACCEPTED, submission=None).returning(table.c.case_id)
-        ).scalars().all()
+        changed = connection.execute(self._sql.accept, {"ids": list(cases)}).scalars().all()
         if changed:
-            connection.execute(insert(_table(CaseHistory)), [
+            connection.execute(self._sql.insert_history, [
                 {"case_id": case_id, "status": CaseStatus.SUBMITTED, "at": cases[case_id].submitted_at,
                  "detail": None} for case_id in changed
             ])
@@ -257,26 +279,61 @@ class IntakeStore:
         destination_id: UUID | None = None,
     ) -> bool:
         """Apply a status event once; False if it was seen before or the case isn't intake's."""
-        with Session(self.engine) as session:
-            if not first_delivery(session, self.CONSUMER, event_id):
-                return False
-            case = session.get(Case, case_id)
-            if case is None:
-                session.commit()
-                return False
-            # A case's events travel on different topics (routed, unroutable, status), so they may be read out of
-            # order (a consumer restarting, one partition lagging): the latest event in time sets the status, an
-            # earlier one only joins the history. A case that ended stays ended: a withdrawal that overtook the
-            # routing decision is followed by the routed event (routing dispatches, then withdraws the case).
-            if case.status not in ENDED_STATUSES and (status in ENDED_STATUSES or _utc(at) >= _utc(case.updated_at)):
-                case.status = status
-                case.updated_at = at
-            if destination_id is not None:
-                case.destination_id = destination_id
-            session.add(case)
-            session.add(CaseHistory(case_id=case_id, status=status, at=at, detail=detail))
-            session.commit()
-            return True
+        change = StatusChange(event_id, case_id, status, at, detail, destination_id)
+        return bool(self.record_statuses([change]))
+
+    def record_statuses(self, changes: Sequence[StatusChange]) -> set[str]:
+        """Apply a batch of status events in one transaction, each once and in order; returns the ids of those
+        applied (not seen before, of one of intake's cases).
+
+        A case's events travel on different topics (routed, unroutable, status), so they may be read out of order
+        (a consumer restarting, one partition lagging): the latest event in time sets the status, an earlier one
+        only joins the history. A case that ended stays ended: a withdrawal that overtook the routing decision is
+        followed by the routed event (routing dispatches, then withdraws the case).
+        """
+        if not changes:
+            return set()
+        cases, history = _table(Case), _table(CaseHistory)
+        with self.engine.begin() as connection:
+            # Claimed first: on SQLite the transaction starts with this write, so the cases read below are current.
+            fresh = claim_batch(connection, self.CONSUMER, [change.event_id for change in changes])
+            todo = [change for change in changes if change.event_id in fresh]
+            if not todo:
+                return set()
+            rows = connection.execute(
+                cases.select().with_only_columns(cases.c.case_id, cases.c.status, cases.c.updated_at,
+                                                 cases.c.destination_id)
+                .where(cases.c.case_id.in_({change.case_id for change in todo})).with_for_update()
+            )
+            current = {row.case_id: [CaseStatus(row.status), row.updated_at, row.destination_id] for row in rows}
+            applied: set[str] = set()
+            entries: list[dict[str, object]] = []
+            for change in todo:
+                case = current.get(change.case_id)
+                if case is None or change.event_id in applied:
+                    continue
+                applied.add(change.event_id)
+                status, updated_at, _ = case
+                if status not in ENDED_STATUSES and (change.status in ENDED_STATUSES
+                                                     or _utc(change.at) >= _utc(updated_at)):
+                    case[0], case[1] = change.status, change.at
+                if change.destination_id is not None:
+                    case[2] = change.destination_id
+                entries.append({"case_id": change.case_id, "status": change.status, "at": change.at,
+                                "detail": change.detail})
+            if entries:
+                touched = {entry["case_id"] for entry in entries}
+                connection.execute(
+                    update(cases).where(cases.c.case_id == bindparam("b_case_id")).values(
+                        status=bindparam("b_status"), updated_at=bindparam("b_updated_at"),
+                        destination_id=bindparam("b_destination_id")),
+                    [{"b_case_id": case_id, "b_status": status, "b_updated_at": updated_at,
+                      "b_destination_id": destination_id}
+                     for case_id, (status, updated_at, destination_id) in current.items()
+                     if case_id in touched],
+                )
+                connection.execute(insert(history), entries)
+            return applied
 
     def add_attachment(self, attachment: Attachment) -> None:
         """Record an uploaded attachment."""

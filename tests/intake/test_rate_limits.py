@@ -42,6 +42,28 @@ def test_the_limit_is_configurable_in_the_limits_notation() -> None:
         Settings(rate_limit="plenty")
 
 
+def test_the_window_moves_and_refused_requests_do_not_count() -> None:
+    now = [100.0]
+    limiter = RateLimiter("3/second", clock=lambda: now[0])
+    for at in (100.0, 100.1, 100.2):
+        now[0] = at
+        assert limiter.hit("portal")[0]
+    now[0] = 100.5
+    allowed, headers = limiter.hit("portal")
+    assert not allowed
+    assert headers == {"RateLimit-Limit": "3", "RateLimit-Remaining": "0", "RateLimit-Reset": "1",
+                       "Retry-After": "1"}
+    assert limiter.hit("counter")[0]  # another client has its own window
+    now[0] = 101.0  # the first request has left the window; the refused one never entered it
+    allowed, headers = limiter.hit("portal")
+    assert allowed
+    assert headers["RateLimit-Remaining"] == "0"
+    now[0] = 101.15
+    assert limiter.hit("portal")[1]["RateLimit-Remaining"] == "0"
+    now[0] = 103.0
+    assert limiter.hit("portal")[1]["RateLimit-Remaining"] == "2"
+
+
 async def test_rate_limit_per_client_with_headers_and_429(settings: Settings, kafka_settings: KafkaSettings) -> None:
     service, app = build(settings)
     async with running(service, app) as client:

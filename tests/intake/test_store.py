@@ -22,6 +22,7 @@ from services.intake.store import (
     Replay,
     Reservation,
     Reserved,
+    StatusChange,
     new_reference,
 )
 from services.intake.writer import SubmissionWriter
@@ -104,6 +105,47 @@ def test_status_events_read_out_of_order_keep_the_latest_status(database_url: st
         row = session.get(Case, case_id)
         assert row is not None
         assert row.destination_id == destination  # the routed event still names the destination
+    engine.dispose()
+
+
+def test_a_batch_of_status_events_is_applied_once_in_one_go(database_url: str) -> None:
+    """The consumer's batch: out of order, a redelivery inside the batch and one already applied, another case's
+    event, and one of a case intake does not have; each counts as if applied one after the other."""
+    engine, store = migrated(database_url)
+    client, destination = uuid.uuid4(), uuid.uuid4()
+    submitted_at = datetime.now(UTC) - timedelta(minutes=5)
+    first, second = (store.reserve(candidate(client, key, submitted_at), []) for key in ("first", "second"))
+    assert isinstance(first, Reserved)
+    assert isinstance(second, Reserved)
+    for reserved in (first, second):
+        store.accept(reserved.case.case_id)
+    one, two = first.case.case_id, second.case.case_id
+    at = [submitted_at + timedelta(seconds=n) for n in range(4)]
+    assert store.record_status("applied-before", two, CaseStatus.ROUTED, at[1], "Stadt Kelheim", destination)
+
+    applied = store.record_statuses([
+        StatusChange("received", one, CaseStatus.RECEIVED, at[2]),
+        StatusChange("routed", one, CaseStatus.ROUTED, at[1], "Stadt Kelheim", destination),
+        StatusChange("routed", one, CaseStatus.ROUTED, at[1], "Stadt Kelheim", destination),
+        StatusChange("applied-before", two, CaseStatus.ROUTED, at[1], "Stadt Kelheim", destination),
+        StatusChange("in-progress", two, CaseStatus.IN_PROGRESS, at[3]),
+        StatusChange("not-ours", uuid.uuid4(), CaseStatus.RECEIVED, at[2]),
+    ])
+
+    assert applied == {"received", "routed", "in-progress"}
+    case = store.get(one, client)
+    assert case is not None
+    assert case.status == CaseStatus.RECEIVED  # the latest in time, though read first
+    assert [e.status for e in case.history] == [CaseStatus.SUBMITTED, CaseStatus.ROUTED, CaseStatus.RECEIVED]
+    other = store.get(two, client)
+    assert other is not None
+    assert other.status == CaseStatus.IN_PROGRESS
+    assert [e.status for e in other.history] == [CaseStatus.SUBMITTED, CaseStatus.ROUTED, CaseStatus.IN_PROGRESS]
+    with Session(engine) as session:
+        row = session.get(Case, one)
+        assert row is not None
+        assert row.destination_id == destination
+    assert store.record_statuses([StatusChange("received", one, CaseStatus.RECEIVED, at[2])]) == set()
     engine.dispose()
 
 
