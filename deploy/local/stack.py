@@ -72,7 +72,7 @@ class LocalStack:
             "OZG_KAFKA_HEARTBEAT_INTERVAL_MS": "300",
             "OZG_KAFKA_SESSION_TIMEOUT_MS": "3000",
             # Tansu answers a waiting fetch only near the end of its wait: each hop of a case would take ~0.1 s.
-            "OZG_KAFKA_FETCH_MAX_WAIT_MS": "50",
+            "OZG_KAFKA_FETCH_MAX_WAIT_MS": "100",
             f"{prefix}_DATABASE_URL": f"sqlite:///{self.root / f'{name}.db'}",
             f"{prefix}_PORT": str(self.ports[name]),
             f"{prefix}_LOG_JSON": "true" if self.log_json else "false",
