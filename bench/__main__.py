@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--routing-cases", type=int, default=10_000, help="pre-filled cases for routing")
     parser.add_argument("--verify-entries", type=int, default=1_000_000, help="chain length to verify")
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
-                        help="write py-spy flame graphs of intake and routing under load to DIR")
+                        help="write py-spy samples (collapsed stacks) of intake and routing under load to DIR")
     args = parser.parse_args(argv)
     if unknown := set(args.parts) - set(PARTS):
         parser.error(f"unknown parts: {', '.join(sorted(unknown))}")

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka.admin import AIOKafkaAdminClient
 from fastapi import FastAPI
 
 from shared import clients
@@ -91,3 +92,13 @@ async def consume(
         return found
     finally:
         await consumer.stop()
+
+
+async def topic_names(kafka: KafkaSettings) -> set[str]:
+    """The names of every topic on the broker."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
+    await admin.start()
+    try:
+        return set(await admin.list_topics())
+    finally:
+        await admin.close()

@@ -26,8 +26,10 @@ class Settings(ServiceSettings):
     rules_dir: Path = RULES
     # How often every replica checks for a new directory import, changed destinations or edited rules files.
     poll_interval_s: float = Field(default=2.0, gt=0)
-    # Submitted applications are consumed in batches of up to this many records.
-    batch_max_records: int = Field(default=500, ge=1)
+    # Submitted applications are consumed in batches of up to this many records. A batch's applications, parsed
+    # and with their events built, are what routing holds at its peak: 250 kept it 6 MB further below the 150 MB
+    # bar than 500 with the same rate (make bench, 10,000 cases queued).
+    batch_max_records: int = Field(default=250, ge=1)
     batch_timeout_ms: int = Field(default=20, ge=1)
     # Register the demo destinations (one back office per pilot authority) at start-up.
     demo_destinations: bool = False

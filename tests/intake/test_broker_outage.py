@@ -10,7 +10,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 from sqlmodel import Session, select
 
 from deploy.local.broker import Tansu
@@ -24,7 +23,7 @@ from shared.envelope import parse_event
 from shared.events import ApplicationSubmitted, ClientKind
 from shared.settings import KafkaSettings
 from tests.factories import application_body
-from tests.support import consume, issue_key, running, wait_until
+from tests.support import consume, issue_key, running, topic_names, wait_until
 
 
 @pytest.fixture
@@ -43,15 +42,6 @@ def headers(key: str, idempotency_key: str | None = None) -> dict[str, str]:
 def cases(engine: object) -> list[Case]:
     with Session(engine) as session:  # type: ignore[call-overload]
         return list(session.exec(select(Case)).all())
-
-
-async def topic_names(kafka: KafkaSettings) -> set[str]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
-    await admin.start()
-    try:
-        return set(await admin.list_topics())
-    finally:
-        await admin.close()
 
 
 async def test_broker_down_answers_503_and_recovers_without_restart(

@@ -5,24 +5,13 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-from aiokafka.admin import AIOKafkaAdminClient
-
 from services.routing.app import build
 from services.routing.models import Destination
 from services.routing.settings import Settings
 from services.routing.store import RoutingStore
 from shared import topics
 from shared.settings import KafkaSettings
-from tests.support import running, wait_until
-
-
-async def broker_topics(kafka: KafkaSettings) -> set[str]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
-    await admin.start()
-    try:
-        return set(await admin.list_topics())
-    finally:
-        await admin.close()
+from tests.support import running, topic_names, wait_until
 
 
 async def test_registered_destinations_get_their_topics_at_start(tmp_path: Path, kafka_settings: KafkaSettings) -> None:
@@ -34,7 +23,7 @@ async def test_registered_destinations_get_their_topics_at_start(tmp_path: Path,
         Destination(destination_id=destination_id, name="Stadt Kelheim, Bürgerbüro", authority_ars="092730137137",
                     leika_keys=[]))
     wanted = {topics.destination_topic(destination_id), f"{topics.destination_topic(destination_id)}.dlq"}
-    assert not wanted & await broker_topics(kafka_settings)
+    assert not wanted & await topic_names(kafka_settings)
 
     async with running(service, app):
         # Without any case: audit's pattern subscription finds them before the first dispatch.
@@ -42,4 +31,4 @@ async def test_registered_destinations_get_their_topics_at_start(tmp_path: Path,
 
 
 async def _has(kafka: KafkaSettings, wanted: set[str]) -> bool:
-    return wanted <= await broker_topics(kafka)
+    return wanted <= await topic_names(kafka)
