@@ -7,8 +7,8 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, event, text
-from sqlmodel import create_engine
+from sqlalchemy import Engine, Table, event, text
+from sqlmodel import SQLModel, create_engine
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -34,6 +34,14 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10, **kwargs)
+
+
+def table_of(model: type[SQLModel]) -> Table:
+    """The table of a SQLModel table class, for SQLAlchemy Core statements on the hot paths (the ORM's work per
+    object cost the batch consumers more than their own)."""
+    table = model.__table__  # type: ignore[attr-defined]
+    assert isinstance(table, Table)
+    return table
 
 
 def alembic_config(engine: Engine, migrations: Path, service: str) -> Config:

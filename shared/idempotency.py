@@ -9,8 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, Table, insert, select
+from sqlalchemy import Connection, insert, select
 from sqlmodel import Field, Session, SQLModel
+
+from shared.db import table_of
 
 
 class ProcessedEvent(SQLModel, table=True):
@@ -24,7 +26,7 @@ class ProcessedEvent(SQLModel, table=True):
 
 
 # The table, for SQLAlchemy Core statements.
-_TABLE: Table = ProcessedEvent.__table__  # type: ignore[attr-defined]
+_TABLE = table_of(ProcessedEvent)
 
 
 def first_delivery(session: Session, consumer: str, event_id: str) -> bool:

@@ -6,13 +6,15 @@ The table holds no event data, only its SHA-256 and a few non-personal query fie
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal, cast
+from typing import Literal
 from uuid import UUID
 
 from pydantic import BaseModel
 from pydantic import Field as PydanticField
-from sqlalchemy import BigInteger, Column, Index, Integer, Table, UniqueConstraint
+from sqlalchemy import BigInteger, Column, Index, Integer, UniqueConstraint
 from sqlmodel import Field, SQLModel
+
+from shared.db import table_of
 
 GENESIS_HASH = "0" * 64
 
@@ -53,7 +55,7 @@ class AuditEntry(SQLModel, table=True):
 
 
 # The Core table: appends and verification bypass the ORM, which would cost more than the hashing itself.
-ENTRIES = cast(Table, AuditEntry.__table__)  # type: ignore[attr-defined]
+ENTRIES = table_of(AuditEntry)
 
 
 class AuditCheckpoint(SQLModel, table=True):
@@ -72,7 +74,7 @@ class AuditCheckpoint(SQLModel, table=True):
     signature: str = Field(max_length=128)
 
 
-CHECKPOINTS = cast(Table, AuditCheckpoint.__table__)  # type: ignore[attr-defined]
+CHECKPOINTS = table_of(AuditCheckpoint)
 
 
 class TrailEntry(BaseModel):

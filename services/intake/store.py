@@ -8,11 +8,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from uuid import UUID
 
-from sqlalchemy import Connection, Engine, Table, bindparam, delete, func, insert, update
+from sqlalchemy import Connection, Engine, bindparam, delete, func, insert, update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, SQLModel, col, select
+from sqlmodel import Session, col, select
 
 from services.intake.models import Attachment, Case, CaseHistory, CasePublic, CaseState, HistoryEntry
+from shared.db import table_of
 from shared.events import ENDED_STATUSES, CaseStatus
 from shared.idempotency import claim_batch
 
@@ -25,10 +26,6 @@ def _utc(moment: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-def _table(model: type[SQLModel]) -> Table:
-    table = model.__table__  # type: ignore[attr-defined]
-    assert isinstance(table, Table)
-    return table
 
 
 def new_reference(now: datetime | None = None) -> str:
@@ -89,7 +86,7 @@ class _GroupCommitStatements:
     keys) cost SQLAlchemy more CPU than SQLite needed to run them."""
 
     def __init__(self) -> None:
-        cases, history = _table(Case), _table(CaseHistory)
+        cases, history = table_of(Case), table_of(CaseHistory)
         # Two lists, not a list of pairs: SQLite answers "(a, b) IN (VALUES ...)" with a scan of the whole table,
         # these with lookups in the unique index (a batch comes from few clients). Other clients' rows that match
         # only across the lists are dropped by the caller.
@@ -293,7 +290,7 @@ class IntakeStore:
         """
         if not changes:
             return set()
-        cases, history = _table(Case), _table(CaseHistory)
+        cases, history = table_of(Case), table_of(CaseHistory)
         with self.engine.begin() as connection:
             # Claimed first: on SQLite the transaction starts with this write, so the cases read below are current.
             fresh = claim_batch(connection, self.CONSUMER, [change.event_id for change in changes])

@@ -24,16 +24,15 @@ from services.notify.models import (
     NotificationStatus,
     ParkedEvent,
 )
+from shared.db import table_of
 from shared.envelope import derived_event_id
 from shared.idempotency import ProcessedEvent, first_delivery
 
 OPEN_STATUSES = (NotificationStatus.PENDING, NotificationStatus.SENDING)
 
 # The tables, for SQLAlchemy Core statements.
-CONTACTS: Table = Contact.__table__  # type: ignore[attr-defined]
-NOTIFICATIONS: Table = Notification.__table__  # type: ignore[attr-defined]
-PROCESSED: Table = ProcessedEvent.__table__  # type: ignore[attr-defined]
-PARKED: Table = ParkedEvent.__table__  # type: ignore[attr-defined]
+CONTACTS, NOTIFICATIONS = table_of(Contact), table_of(Notification)
+PROCESSED, PARKED = table_of(ProcessedEvent), table_of(ParkedEvent)
 
 # The hot path's statements, built once with bound parameters: SQLAlchemy then finds their compiled form by a
 # memoized cache key, where a statement built per call with its values inline costs more than running it.

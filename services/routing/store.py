@@ -27,19 +27,13 @@ from services.routing.models import (
     WebhookDelivery,
 )
 from shared import topics
+from shared.db import table_of
 from shared.envelope import OutgoingEvent
 from shared.events import CaseStatus
 from shared.idempotency import ProcessedEvent, claim_batch, first_delivery, processed_among
 from shared.outbox import stage
 
-
-def _table(model: type[SQLModel]) -> Table:
-    table = model.__table__  # type: ignore[attr-defined]
-    assert isinstance(table, Table)
-    return table
-
-
-_CASES, _CLEARING, _WEBHOOKS = _table(RoutedCase), _table(ClearingCase), _table(WebhookDelivery)
+_CASES, _CLEARING, _WEBHOOKS = table_of(RoutedCase), table_of(ClearingCase), table_of(WebhookDelivery)
 
 
 def _values(table: Table, row: SQLModel) -> dict[str, Any]:

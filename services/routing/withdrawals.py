@@ -16,13 +16,14 @@ from enum import StrEnum
 from typing import Any, NamedTuple
 from uuid import UUID
 
-from sqlalchemy import Connection, Engine, Table, delete, select, update
+from sqlalchemy import Connection, Engine, delete, select, update
 from sqlmodel import Session, col
 
 from services.routing.lifecycle import may_withdraw, status_event
 from services.routing.models import ClearingCase, Destination, EarlyWithdrawal, RoutedCase
 from services.routing.webhooks import delivery_for
 from shared import events, topics
+from shared.db import table_of
 from shared.envelope import OutgoingEvent, derived_event_id
 from shared.events import CaseStatus, CaseStatusChanged
 from shared.idempotency import first_delivery
@@ -33,8 +34,7 @@ log = logging.getLogger(__name__)
 FORWARD = "forward"
 
 # The tables, for the dispatcher's per-batch look-up in SQLAlchemy Core.
-_EARLY: Table = EarlyWithdrawal.__table__  # type: ignore[attr-defined]
-_CASES: Table = RoutedCase.__table__  # type: ignore[attr-defined]
+_EARLY, _CASES = table_of(EarlyWithdrawal), table_of(RoutedCase)
 
 
 class Withdrawn(StrEnum):
