@@ -66,9 +66,3 @@ def claim_batch(connection: Connection, consumer: str, event_ids: Iterable[str])
         connection.execute(insert(_TABLE), [{"consumer": consumer, "event_id": event_id, "processed_at": now}
                                             for event_id in sorted(fresh)])
     return fresh
-
-
-def first_deliveries(session: Session, consumer: str, event_ids: Iterable[str]) -> set[str]:
-    """Claim a batch of event ids inside ``session``'s transaction (see claim_batch)."""
-    session.flush()  # claims still pending in the session count, as a query's autoflush would make them
-    return claim_batch(session.connection(), consumer, event_ids)

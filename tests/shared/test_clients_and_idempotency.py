@@ -18,7 +18,7 @@ from services.intake.app import build
 from services.intake.settings import Settings
 from shared.db import make_engine, migrate
 from shared.events import ClientKind
-from shared.idempotency import ProcessedEvent, first_deliveries, first_delivery
+from shared.idempotency import ProcessedEvent, claim_batch, first_delivery
 from shared.settings import KafkaSettings
 from tests.support import running, wait_until
 
@@ -84,20 +84,22 @@ def test_first_delivery_takes_effect_once(engine: Engine) -> None:
         assert first_delivery(session, "other-consumer", event_id)
 
 
-def test_first_deliveries_claim_a_batch_as_first_delivery_claims_one(engine: Engine) -> None:
+def test_claim_batch_claims_a_batch_as_first_delivery_claims_one(engine: Engine) -> None:
     old, new = str(uuid.uuid4()), str(uuid.uuid4())
     with Session(engine) as session:
         assert first_delivery(session, "batch", old)
         session.commit()
-    with Session(engine) as session:
+    with engine.begin() as connection:
         # Seen before, new, new again in the same batch: only the new one, once.
-        assert first_deliveries(session, "batch", [old, new, new]) == {new}
-        assert not first_delivery(session, "batch", new)  # claimed in this transaction already
-        assert first_deliveries(session, "batch", []) == set()
-        session.commit()
+        assert claim_batch(connection, "batch", [old, new, new]) == {new}
+        assert claim_batch(connection, "batch", [new]) == set()  # claimed in this transaction already
+        assert claim_batch(connection, "batch", []) == set()
+    with engine.connect() as connection:
+        assert claim_batch(connection, "batch", [old, new]) == set()
+        assert claim_batch(connection, "other-consumer", [old]) == {old}
+        connection.rollback()
     with Session(engine) as session:
-        assert first_deliveries(session, "batch", [old, new]) == set()
-        assert first_deliveries(session, "other-consumer", [old]) == {old}
+        assert first_delivery(session, "other-consumer", old)  # the rolled-back claim left no record
         session.rollback()
 
 
