@@ -137,7 +137,8 @@ async def publish(broker: KafkaBroker, topic: str, event: OutgoingEvent) -> None
     """Publish one event and wait until the broker acknowledged it (acks=all)."""
     if broker in _held:
         raise BrokerHeld("the service is connecting to its broker afresh")
-    await broker.publish(event.value, topic, key=event.key, headers=event.headers)
+    # The event id as FastStream's correlation id: one id per event across tools, and none to generate.
+    await broker.publish(event.value, topic, key=event.key, headers=event.headers, correlation_id=event.event_id)
 
 
 # Topics each broker connection has published to. Tansu 0.6 answers NotLeaderForPartition (until the request
@@ -158,7 +159,8 @@ async def publish_all(broker: KafkaBroker, batch: Sequence[tuple[str, OutgoingEv
             await publish(broker, topic, event)
             known.add(topic)
     futures = [
-        await broker.publish(event.value, topic, key=event.key, headers=event.headers, no_confirm=True)
+        await broker.publish(event.value, topic, key=event.key, headers=event.headers,
+                             correlation_id=event.event_id, no_confirm=True)
         for topic, event in warm
     ]
     await asyncio.gather(*futures)

@@ -4,6 +4,7 @@ the FastAPI app with health, metrics and problem details, and the uvicorn server
 
 import asyncio
 import contextlib
+import gc
 import logging
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -143,6 +144,7 @@ class Service:
                 await anyio.to_thread.run_sync(self.migrate)
             for job in self.on_start:
                 await job()
+            freeze_start_up_objects()
             tasks = [asyncio.create_task(self.connect(), name="connect")]
             tasks += [asyncio.create_task(self._after_connect(job), name=job.__name__) for job in self.background]
             try:
@@ -153,6 +155,8 @@ class Service:
                 await asyncio.gather(*tasks, return_exceptions=True)
                 await self.broker.stop()
                 self.engine.dispose()
+                # What the service built may be collected again (an app stopped within a process that goes on).
+                gc.unfreeze()
 
         app = FastAPI(title=title, description=description, version="0.1.0", lifespan=lifespan)
         problems.install(app)
@@ -194,6 +198,17 @@ class Service:
             return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
 
         return router
+
+
+def freeze_start_up_objects() -> None:
+    """Move everything built so far (modules, the app, schemas, validators) out of the garbage collector's reach.
+
+    Those objects live as long as the process. Left in the collector's oldest generation, every full collection
+    walked all of them: with requests or messages in flight, their objects survive the young collections, full
+    collections follow often, and each cost intake about 80 µs of CPU per request (``make bench``'s profile).
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def serve(app: FastAPI, settings: ServiceSettings, **uvicorn_options: Any) -> None:

@@ -26,6 +26,7 @@ from services.intake.models import (
     AttachmentPublic,
     Case,
     CasePublic,
+    NewCase,
 )
 from services.intake.publishing import BrokerUnavailable, SubmissionPublisher, submitted_event, withdrawn_event
 from services.intake.ratelimit import RateLimiter
@@ -141,7 +142,7 @@ def create_router(
     submit_scope = limiter.dependency(require(service.clients, "applications:submit"))
     read_scope = limiter.dependency(require(service.clients, "applications:read"))
 
-    def accepted(case: Case) -> ApplicationAccepted:
+    def accepted(case: Case | NewCase) -> ApplicationAccepted:
         return ApplicationAccepted(
             case_id=case.case_id, reference=case.reference, status=CaseStatus.SUBMITTED,
             links={"status": f"{settings.public_base_url}/v1/applications/{case.case_id}"},
@@ -201,12 +202,11 @@ def create_router(
         if len(submission.encode()) > limit:
             raise ProblemException(413, f"An application may have at most {limit} bytes of data.",
                                    kind="application-too-large", title="Application too large")
-        candidate = Case(
+        candidate = NewCase(
             case_id=case_id,
             reference=reference,
             leika_key=body.leika_key,
             submitted_at=now,
-            updated_at=now,
             client_id=client.client_id,
             idempotency_key=idempotency_key,
             body_hash=body_hash(body),

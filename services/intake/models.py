@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict
@@ -49,6 +51,32 @@ class Case(CaseBase, table=True):
     destination_id: UUID | None = Field(default=None)
     # The submitted event's data while the case is pending (the outbox); cleared once the broker acknowledged it.
     submission: str | None = Field(default=None, sa_type=Text)
+
+
+@dataclass(slots=True)
+class NewCase:
+    """A case a submission reserves, as the group commit writes it: a plain object, because constructing the ORM's
+    ``Case`` (attribute instrumentation) and reading its columns back cost a tenth of a submission's CPU."""
+
+    case_id: UUID
+    reference: str
+    leika_key: str
+    submitted_at: datetime
+    client_id: UUID
+    idempotency_key: str
+    body_hash: str
+    event_id: str
+    submission: str | None
+    state: CaseState = CaseState.PENDING
+
+    def row(self) -> dict[str, Any]:
+        """Every column of its ``cases`` row."""
+        return {
+            "case_id": self.case_id, "reference": self.reference, "leika_key": self.leika_key,
+            "status": CaseStatus.SUBMITTED, "submitted_at": self.submitted_at, "updated_at": self.submitted_at,
+            "client_id": self.client_id, "idempotency_key": self.idempotency_key, "body_hash": self.body_hash,
+            "event_id": self.event_id, "state": self.state, "destination_id": None, "submission": self.submission,
+        }
 
 
 class CaseHistory(SQLModel, table=True):

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import anyio.to_thread
 
-from services.intake.models import Case
+from services.intake.models import Case, NewCase
 from services.intake.store import IntakeStore
 from shared import events, topics
 from shared.envelope import OutgoingEvent, build_event
@@ -44,7 +44,7 @@ def withdrawn_event(data: CaseStatusChanged) -> OutgoingEvent:
                        time=data.changed_at, data=data)
 
 
-def submitted_event(case: Case, data: ApplicationSubmitted) -> OutgoingEvent:
+def submitted_event(case: Case | NewCase, data: ApplicationSubmitted) -> OutgoingEvent:
     """The ``submitted`` event of ``case``; rebuilt from stored data it has the same id, time and content."""
     return build_event(
         event_type=events.SUBMITTED_V1, source=SOURCE, subject=str(case.case_id), event_id=case.event_id,

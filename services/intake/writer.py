@@ -17,7 +17,7 @@ from uuid import UUID
 
 import anyio.to_thread
 
-from services.intake.models import Case
+from services.intake.models import NewCase
 from services.intake.store import IntakeStore, Reservation
 
 T = TypeVar("T")
@@ -44,11 +44,11 @@ class SubmissionWriter:
     def __init__(self, store: IntakeStore, max_batch: int = MAX_BATCH) -> None:
         self._store = store
         self._max_batch = max_batch
-        self._reservations: list[tuple[Case, asyncio.Future[Reservation]]] = []
-        self._acceptances: list[tuple[Case, asyncio.Future[Case]]] = []
+        self._reservations: list[tuple[NewCase, asyncio.Future[Reservation]]] = []
+        self._acceptances: list[tuple[NewCase, asyncio.Future[NewCase]]] = []
         self._task: asyncio.Task[None] | None = None
 
-    async def reserve(self, candidate: Case, attachment_ids: Sequence[UUID] = ()) -> Reservation:
+    async def reserve(self, candidate: NewCase, attachment_ids: Sequence[UUID] = ()) -> Reservation:
         """Reserve ``candidate`` under its (client, idempotency key), as :meth:`IntakeStore.reserve`, once the batch
         it joined committed."""
         if attachment_ids:
@@ -59,10 +59,10 @@ class SubmissionWriter:
         self._wake()
         return await future
 
-    async def accept(self, case: Case) -> Case:
+    async def accept(self, case: NewCase) -> NewCase:
         """Accept ``case`` (the broker acknowledged its submitted event), as :meth:`IntakeStore.accept`; returns it
         as it now is, once the batch it joined committed."""
-        future: asyncio.Future[Case] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[NewCase] = asyncio.get_running_loop().create_future()
         self._acceptances.append((case, future))
         self._wake()
         return await future
@@ -75,8 +75,8 @@ class SubmissionWriter:
             self._task = loop.create_task(self._write(), name="intake group commit")
 
     async def _write(self) -> None:
-        reservations: list[tuple[Case, asyncio.Future[Reservation]]] = []
-        acceptances: list[tuple[Case, asyncio.Future[Case]]] = []
+        reservations: list[tuple[NewCase, asyncio.Future[Reservation]]] = []
+        acceptances: list[tuple[NewCase, asyncio.Future[NewCase]]] = []
         try:
             while self._reservations or self._acceptances:
                 reservations, self._reservations = (self._reservations[:self._max_batch],

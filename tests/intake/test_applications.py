@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import uuid
 from pathlib import Path
 
@@ -28,6 +29,13 @@ def auth(key: str, idempotency_key: str | None = None) -> dict[str, str]:
     if idempotency_key:
         headers["Idempotency-Key"] = idempotency_key
     return headers
+
+
+async def test_start_up_objects_are_out_of_the_collectors_reach_while_running(settings: Settings) -> None:
+    service, app = build(settings)
+    async with running(service, app):
+        assert gc.get_freeze_count() > 10_000
+    assert gc.get_freeze_count() == 0
 
 
 async def test_accepts_publishes_replays_and_reports_status(settings: Settings, kafka_settings: KafkaSettings) -> None:

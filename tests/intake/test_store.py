@@ -13,7 +13,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
 from services.intake.app import MIGRATIONS
-from services.intake.models import Attachment, Case, CaseHistory, CaseState
+from services.intake.models import Attachment, Case, CaseHistory, CaseState, NewCase
 from services.intake.store import (
     AttachmentsTaken,
     InFlight,
@@ -30,10 +30,10 @@ from shared import db
 from shared.events import CaseStatus
 
 
-def candidate(client_id: uuid.UUID, key: str, at: datetime) -> Case:
-    return Case(case_id=uuid.uuid4(), reference=new_reference(at), leika_key="99115005104000", submitted_at=at,
-                updated_at=at, client_id=client_id, idempotency_key=key, body_hash="h" * 64,
-                event_id=str(uuid.uuid4()), submission="{}")
+def candidate(client_id: uuid.UUID, key: str, at: datetime) -> NewCase:
+    return NewCase(case_id=uuid.uuid4(), reference=new_reference(at), leika_key="99115005104000", submitted_at=at,
+                   client_id=client_id, idempotency_key=key, body_hash="h" * 64, event_id=str(uuid.uuid4()),
+                   submission="{}")
 
 
 def migrated(database_url: str) -> tuple[Engine, IntakeStore]:
@@ -189,7 +189,7 @@ async def test_group_commit_gives_each_request_its_own_outcome(
     transactions = 0
     write_batch = store.write_batch
 
-    def counted(candidates: Sequence[Case], acceptances: Sequence[Case]) -> list[Reservation]:
+    def counted(candidates: Sequence[NewCase], acceptances: Sequence[NewCase]) -> list[Reservation]:
         nonlocal transactions
         transactions += 1
         return write_batch(candidates, acceptances)
@@ -220,7 +220,7 @@ async def test_group_commit_gives_each_request_its_own_outcome(
     assert isinstance(reused, KeyReused)
     assert isinstance(in_flight, InFlight)
     assert isinstance(reused_pending, KeyReused)
-    winners: dict[tuple[uuid.UUID, str], Case] = {}
+    winners: dict[tuple[uuid.UUID, str], NewCase] = {}
     for request, outcome in zip(requests[4:], outcomes[4:], strict=True):
         if isinstance(outcome, Reserved):
             assert (request.client_id, request.idempotency_key) not in winners
@@ -277,6 +277,6 @@ async def test_group_commit_hitting_a_unique_index_decides_one_by_one(database_u
     engine.dispose()
 
 
-def with_body(case: Case, body: str) -> Case:
+def with_body(case: NewCase, body: str) -> NewCase:
     case.body_hash = body * 64
     return case

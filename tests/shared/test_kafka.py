@@ -39,9 +39,11 @@ async def test_publish_all_reaches_a_new_topic_together_with_a_known_one() -> No
             await publish_all(broker, batch)
         finally:
             await broker.stop()
-        for topic in (topics.ROUTED, new):
+        for topic, (_, event) in zip((topics.ROUTED, new), batch, strict=True):
             records = await consume(settings, topic, 1)
             assert parse_event(records[0].headers, records[0].value).data["title"] == topic
+            # FastStream's correlation id is the event's own id, not one generated per publish.
+            assert dict(records[0].headers)["correlation_id"] == event.event_id.encode()
     finally:
         broker_process.stop()
 
