@@ -26,8 +26,6 @@ def _utc(moment: datetime) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-
-
 def new_reference(now: datetime | None = None) -> str:
     """A human-readable case reference such as ``OZG-2026-8F3K-2QXD`` (40 random bits)."""
     year = (now or datetime.now(UTC)).year
@@ -81,9 +79,9 @@ class AttachmentsTaken:
 Reservation = Reserved | Replay | KeyReused | InFlight | AttachmentsTaken
 
 
-class _GroupCommitStatements:
-    """The statements of the group commit, built once: constructing them anew for every batch (coercions, cache
-    keys) cost SQLAlchemy more CPU than SQLite needed to run them."""
+class _Statements:
+    """The statements of the batch paths (the group commit, the status consumer), built once: constructing them
+    anew for every batch (coercions, cache keys) cost SQLAlchemy more CPU than SQLite needed to run them."""
 
     def __init__(self) -> None:
         cases, history = table_of(Case), table_of(CaseHistory)
@@ -98,6 +96,12 @@ class _GroupCommitStatements:
                                            cases.c.state == CaseState.PENDING)
                        .values(state=CaseState.ACCEPTED, submission=None).returning(cases.c.case_id))
         self.insert_history = insert(history)
+        self.statuses = (cases.select()
+                         .with_only_columns(cases.c.case_id, cases.c.status, cases.c.updated_at, cases.c.destination_id)
+                         .where(cases.c.case_id.in_(bindparam("ids", expanding=True))).with_for_update())
+        self.set_status = update(cases).where(cases.c.case_id == bindparam("b_case_id")).values(
+            status=bindparam("b_status"), updated_at=bindparam("b_updated_at"),
+            destination_id=bindparam("b_destination_id"))
 
 
 class IntakeStore:
@@ -107,7 +111,7 @@ class IntakeStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._sql = _GroupCommitStatements()
+        self._sql = _Statements()
 
     def reserve(self, candidate: NewCase, attachment_ids: Sequence[UUID] = ()) -> Reservation:
         """Reserve ``candidate`` under its (client, idempotency key) and bind its attachments, or say why not."""
@@ -289,18 +293,13 @@ class IntakeStore:
         """
         if not changes:
             return set()
-        cases, history = table_of(Case), table_of(CaseHistory)
         with self.engine.begin() as connection:
             # Claimed first: on SQLite the transaction starts with this write, so the cases read below are current.
             fresh = claim_batch(connection, self.CONSUMER, [change.event_id for change in changes])
             todo = [change for change in changes if change.event_id in fresh]
             if not todo:
                 return set()
-            rows = connection.execute(
-                cases.select().with_only_columns(cases.c.case_id, cases.c.status, cases.c.updated_at,
-                                                 cases.c.destination_id)
-                .where(cases.c.case_id.in_({change.case_id for change in todo})).with_for_update()
-            )
+            rows = connection.execute(self._sql.statuses, {"ids": list({change.case_id for change in todo})})
             current = {row.case_id: [CaseStatus(row.status), row.updated_at, row.destination_id] for row in rows}
             applied: set[str] = set()
             entries: list[dict[str, object]] = []
@@ -320,15 +319,13 @@ class IntakeStore:
             if entries:
                 touched = {entry["case_id"] for entry in entries}
                 connection.execute(
-                    update(cases).where(cases.c.case_id == bindparam("b_case_id")).values(
-                        status=bindparam("b_status"), updated_at=bindparam("b_updated_at"),
-                        destination_id=bindparam("b_destination_id")),
+                    self._sql.set_status,
                     [{"b_case_id": case_id, "b_status": status, "b_updated_at": updated_at,
                       "b_destination_id": destination_id}
                      for case_id, (status, updated_at, destination_id) in current.items()
                      if case_id in touched],
                 )
-                connection.execute(insert(history), entries)
+                connection.execute(self._sql.insert_history, entries)
             return applied
 
     def add_attachment(self, attachment: Attachment) -> None:
