@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import pydantic_core
 from cloudevents.core.bindings.kafka import KafkaMessage, from_binary, to_binary
 from cloudevents.core.exceptions import BaseCloudEventException
 from cloudevents.core.formats.json import JSONFormat
@@ -22,7 +23,26 @@ from pydantic import BaseModel, ValidationError
 from shared import tracing
 
 CONTENT_TYPE = "application/json"
-_FORMAT = JSONFormat()
+_REQUIRED = ("ce_specversion", "ce_id", "ce_source", "ce_type")
+
+
+class _JSONData(JSONFormat):
+    """The SDK's JSON format, reading event data with pydantic-core's JSON parser: a third of the time of the
+    standard library's, for every event every consumer reads. Only keys are interned (``cache_strings``): values
+    are personal data, and pydantic-core's string cache would keep them after the event is gone."""
+
+    def read_data(self, body: bytes, datacontenttype: str | None) -> dict[str, Any] | str | bytes | None:
+        if not body:
+            return None
+        try:
+            parsed: dict[str, Any] = pydantic_core.from_json(body, cache_strings="keys")
+        except ValueError:
+            # Not JSON: the SDK's own reading (text or bytes), which parse_event refuses as data.
+            return super().read_data(body, datacontenttype)
+        return parsed
+
+
+_FORMAT = _JSONData()
 # Namespace for event ids derived from other events (see derived_event_id).
 _DERIVED_NS = uuid.UUID("6f1f6a53-5c55-4c2e-9a3e-0d8f3b1f7c11")
 
@@ -126,20 +146,28 @@ def parse_event(
     ``max_bytes``, raises InvalidEvent."""
     check_size(value, max_bytes)
     pairs = headers.items() if isinstance(headers, Mapping) else headers
-    raw = {name.lower(): val for name, val in pairs if val is not None}
-    missing = [h for h in ("ce_specversion", "ce_id", "ce_source", "ce_type") if h not in raw]
-    if missing:
-        raise InvalidEvent(f"missing CloudEvents headers: {', '.join(missing)}")
+    # One pass over the headers: their text for the Envelope, the CloudEvents ones as bytes for the SDK.
+    text: dict[str, str] = {}
+    ce_headers: dict[str, bytes] = {}
     try:
-        text = {name: bytes(val).decode() for name, val in raw.items()}
+        for name, val in pairs:
+            if val is None:
+                continue
+            name = name.lower()
+            # str(), not val.decode(): the consumer's values are lenient about decoding (shared.kafka), this is not.
+            text[name] = str(val, "utf-8")
+            if name.startswith("ce_") or name == "content-type":
+                ce_headers[name] = val
     except UnicodeDecodeError:
         raise InvalidEvent("a header is not UTF-8") from None
+    missing = [h for h in _REQUIRED if h not in text]
+    if missing:
+        raise InvalidEvent(f"missing CloudEvents headers: {', '.join(missing)}")
     if text["ce_specversion"] != "1.0":
         raise InvalidEvent(f"unsupported specversion {text['ce_specversion']!r}")
     content_type = text.get("content-type", "")
     if not content_type.startswith(CONTENT_TYPE):
         raise InvalidEvent(f"content-type must be {CONTENT_TYPE}, got {content_type!r}")
-    ce_headers = {n: v for n, v in raw.items() if n.startswith("ce_") or n == "content-type"}
     try:
         event = from_binary(KafkaMessage(headers=ce_headers, key=key, value=value or b""), _FORMAT, CloudEvent)
     except (BaseCloudEventException, ValueError, TypeError) as exc:

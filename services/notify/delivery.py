@@ -18,7 +18,6 @@ from functools import partial
 from uuid import UUID
 
 import anyio.to_thread
-from faststream.kafka import KafkaBroker
 from prometheus_client import CollectorRegistry, Counter
 
 from services.notify.channels import Channel, Delivery
@@ -30,7 +29,7 @@ from shared import events, topics
 from shared.backoff import delay_s
 from shared.envelope import build_event, derived_event_id
 from shared.events import NotificationOutcome, PersonalDataDeleted, ReplyChannel
-from shared.kafka import publish
+from shared.kafka import EventBroker, publish
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +63,7 @@ class Deliverer:
     def __init__(
         self,
         *,
-        broker: KafkaBroker,
+        broker: EventBroker,
         store: NotifyStore,
         settings: Settings,
         channels: Mapping[ReplyChannel, Channel],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
@@ -60,3 +61,20 @@ def test_derived_event_ids_are_deterministic() -> None:
     assert derived_event_id("a", "t") == derived_event_id("a", "t")
     assert derived_event_id("a", "t") != derived_event_id("b", "t")
     assert derived_event_id("a", "t") != derived_event_id("a", "u")
+
+
+def test_a_header_that_is_not_utf8_is_refused_even_as_the_consumer_hands_it_over() -> None:
+    # The consumer's parser hook makes header values decode leniently (shared.kafka); parse_event must not.
+    from shared.kafka import _LenientBytes
+
+    event = build_event(event_type="t.v1", source="/s", subject="c", data=submitted())
+    headers = [(k, _LenientBytes(b"\xff\xfe" if k == "ce_id" else v.encode())) for k, v in event.headers.items()]
+    with pytest.raises(InvalidEvent, match="not UTF-8"):
+        parse_event(headers, event.value)
+
+
+def test_data_reads_as_the_standard_library_reads_it() -> None:
+    value = '{"n": 12345678901234567890123, "f": 0.1, "s": "Straße 🏠", "l": [null, true], "o": {"k": -1e5}}'
+    headers = build_event(event_type="t.v1", source="/s", subject="c", data=submitted()).headers
+    envelope = parse_event([(k, v.encode()) for k, v in headers.items()], value.encode())
+    assert envelope.data == json.loads(value)

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
+from unittest import mock
 
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
 from faststream.kafka import KafkaMessage
 from prometheus_client import CollectorRegistry
 
 from deploy.local.broker import Tansu
 from shared import topics
-from shared.envelope import build_event, parse_event
+from shared.envelope import OutgoingEvent, build_event, parse_event
 from shared.events import Problem
-from shared.kafka import group_subscription, make_broker, publish_all
+from shared.kafka import BrokerHeld, EventBroker, group_subscription, hold, make_broker, publish, publish_all, release
 from shared.settings import KafkaSettings
 from shared.topics import TopicSpec, ensure_topics
 from tests.support import consume
@@ -73,3 +79,106 @@ async def test_group_subscribers_take_the_fetch_wait_from_the_settings(
         assert seen == [37]
     finally:
         await broker.stop()
+
+
+def _event(case: str, title: str = "t") -> OutgoingEvent:
+    return build_event(event_type="t.v1", source="/test", subject=case, data=Problem(title=title))
+
+
+@contextlib.asynccontextmanager
+async def _started(settings: KafkaSettings, *topic_names: str) -> AsyncIterator[tuple[EventBroker, CollectorRegistry]]:
+    await ensure_topics(settings, [TopicSpec(name) for name in topic_names])
+    registry = CollectorRegistry()
+    broker, _ = make_broker(settings, service="test", registry=registry)
+    await broker.start()
+    try:
+        yield broker, registry
+    finally:
+        await broker.stop()
+
+
+@pytest.fixture
+def sent_batches(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The record count of every batch producers hand to aiokafka from now on."""
+    sent: list[int] = []
+    original = AIOKafkaProducer.send_batch
+
+    async def counting(self: AIOKafkaProducer, batch: Any, *args: Any, **kwargs: Any) -> Any:
+        sent.append(batch.record_count())
+        return await original(self, batch, *args, **kwargs)
+
+    monkeypatch.setattr(AIOKafkaProducer, "send_batch", counting)
+    return sent
+
+
+async def test_events_land_on_the_partition_of_their_key_in_order(
+    kafka_settings: KafkaSettings, sent_batches: list[int]
+) -> None:
+    # The partition every Kafka client picks for the key (murmur2), so a case's events share one partition whoever
+    # publishes them; in the order they were given, also across a batch that filled up.
+    topic = f"test.events.{uuid.uuid4().hex[:8]}"
+    cases = [str(uuid.uuid4()) for _ in range(6)]
+    batch = [(topic, _event(case, f"{case}-{n}")) for n in range(20) for case in cases]
+    async with _started(kafka_settings, topic) as (broker, registry):
+        await publish_all(broker, batch[:1])  # the topic's first record goes alone; then it is warm
+        # A producer with small record batches: the rest fills several per partition.
+        small = make_broker(kafka_settings, service="small", registry=CollectorRegistry())[0]
+        with mock.patch("shared.kafka.BATCH_BYTES", 4096):
+            await small.start()
+        try:
+            sent_batches.clear()
+            await publish_all(small, batch[1:])
+        finally:
+            await small.stop()
+        assert sum(sent_batches) == len(batch) - 1
+        assert len(sent_batches) > kafka_settings.partitions + 1  # several full batches per partition
+        assert registry.get_sample_value("ozg_events_published_total", {"topic": topic}) == 1
+    records = await consume(kafka_settings, topic, len(batch))
+    partitions = sorted({r.partition for r in records})
+    assert len(partitions) == kafka_settings.partitions
+    expected = DefaultPartitioner()
+    for record in records:
+        assert record.partition == expected(record.key, partitions, partitions)
+    for case in cases:
+        titles = [json.loads(r.value)["title"] for r in records if r.key == case.encode()]
+        assert titles == [f"{case}-{n}" for n in range(20)]
+
+
+async def test_concurrent_senders_share_record_batches(kafka_settings: KafkaSettings, sent_batches: list[int]) -> None:
+    topic = f"test.events.{uuid.uuid4().hex[:8]}"
+    async with _started(kafka_settings, topic) as (broker, registry):
+        await publish(broker, topic, _event("warm"))
+        sent_batches.clear()
+        await asyncio.gather(*(publish(broker, topic, _event(f"case-{n}")) for n in range(50)))
+        # One batch per partition for the 50 requests, not one per request.
+        assert sum(sent_batches) == 50
+        assert len(sent_batches) <= kafka_settings.partitions
+        assert registry.get_sample_value("ozg_events_published_total", {"topic": topic}) == 51
+    assert len(await consume(kafka_settings, topic, 51)) == 51
+
+
+async def test_a_sender_that_gives_up_does_not_cancel_the_batch_it_shares(kafka_settings: KafkaSettings) -> None:
+    topic = f"test.events.{uuid.uuid4().hex[:8]}"
+    async with _started(kafka_settings, topic) as (broker, _):
+        await publish(broker, topic, _event("warm"))
+        impatient = asyncio.create_task(publish(broker, topic, _event("same", "impatient")))
+        patient = asyncio.create_task(publish(broker, topic, _event("same", "patient")))
+        await asyncio.sleep(0)  # both appended to the same batch
+        impatient.cancel()
+        await patient
+        with pytest.raises(asyncio.CancelledError):
+            await impatient
+    titles = [json.loads(r.value)["title"] for r in await consume(kafka_settings, topic, 3)]
+    assert titles == ["t", "impatient", "patient"]
+
+
+async def test_a_held_or_stopped_producer_refuses_events(kafka_settings: KafkaSettings) -> None:
+    topic = f"test.events.{uuid.uuid4().hex[:8]}"
+    async with _started(kafka_settings, topic) as (broker, _):
+        hold(broker)
+        with pytest.raises(BrokerHeld):
+            await publish(broker, topic, _event("c"))
+        release(broker)
+        await publish(broker, topic, _event("c"))
+    with pytest.raises(BrokerHeld):
+        await publish(broker, topic, _event("c"))
