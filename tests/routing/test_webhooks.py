@@ -46,9 +46,13 @@ def verify(secret: str, timestamp: str, body: bytes, signature: str, now: float 
 
 class BackOffice:
     """A threaded HTTP server as a back office: it verifies each request as the README documents (401 if that
-    fails), otherwise answers from a script of (status, delay); it records every request."""
+    fails), otherwise answers from a script of (status, delay); it records every request.
 
-    def __init__(self, script: list[tuple[int, float]]) -> None:
+    With ``subject``, only that case's requests follow the script and are recorded; others get 200. The tests share
+    one broker and routing's consumer group, so a routing instance may yet be handed cases an earlier test left
+    unacknowledged, and they go to the same Kelheim back office."""
+
+    def __init__(self, script: list[tuple[int, float]], subject: uuid.UUID | None = None) -> None:
         self.script = list(script)
         self.requests: list[tuple[dict[str, str], bytes]] = []
         office = self
@@ -57,8 +61,10 @@ class BackOffice:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 headers = {k.lower(): v for k, v in self.headers.items()}
-                office.requests.append((headers, body))
-                status, delay = office.script.pop(0) if office.script else (200, 0.0)
+                status, delay = 200, 0.0
+                if subject is None or headers.get("ce-subject") == str(subject):
+                    office.requests.append((headers, body))
+                    status, delay = office.script.pop(0) if office.script else (200, 0.0)
                 if not verify(SECRET, headers.get("x-ozg-timestamp", ""), body, headers.get("x-ozg-signature", "")):
                     status, delay = 401, 0.0
                 time.sleep(delay)
@@ -108,8 +114,12 @@ async def produce_submitted(kafka: KafkaSettings, application: ApplicationSubmit
     await produce(kafka, topics.SUBMITTED, event.value, event.headers, event.key)
 
 
-async def submit(kafka: KafkaSettings) -> uuid.UUID:
-    application = submitted(WOHNSITZ, {"postal_code": "93309", "place": "Kelheim"})
+def kelheim_application() -> ApplicationSubmitted:
+    """A Wohnsitz application in Kelheim: routed to the back office ``register`` sets up."""
+    return submitted(WOHNSITZ, {"postal_code": "93309", "place": "Kelheim"})
+
+
+async def submit(kafka: KafkaSettings, application: ApplicationSubmitted) -> uuid.UUID:
     await produce_submitted(kafka, application)
     return application.case_id
 
@@ -139,12 +149,13 @@ def settled(service: Service, case_id: uuid.UUID) -> WebhookDelivery | None:
 async def test_a_500_is_retried_and_the_event_delivered_once_signed(
     settings: Settings, kafka_settings: KafkaSettings, destination_id: uuid.UUID
 ) -> None:
-    with BackOffice([(500, 0.0), (200, 0.0)]) as office:
+    application = kelheim_application()
+    with BackOffice([(500, 0.0), (200, 0.0)], subject=application.case_id) as office:
         service, app = build(settings)
         async with running(service, app) as client:
             register(service, destination_id, office.url)
             await wait_until(lambda: knows(client, destination_id))
-            case_id = await submit(kafka_settings)
+            case_id = await submit(kafka_settings, application)
             delivery = await wait_until(lambda: settled(service, case_id))
             assert delivery.status == "delivered"
             assert delivery.body == ""  # personal data dropped once delivered
@@ -176,12 +187,13 @@ async def test_a_500_is_retried_and_the_event_delivered_once_signed(
 async def test_other_4xx_answers_are_not_retried(
     settings: Settings, kafka_settings: KafkaSettings, destination_id: uuid.UUID
 ) -> None:
-    with BackOffice([(400, 0.0)]) as office:
+    application = kelheim_application()
+    with BackOffice([(400, 0.0)], subject=application.case_id) as office:
         service, app = build(settings)
         async with running(service, app) as client:
             register(service, destination_id, office.url)
             await wait_until(lambda: knows(client, destination_id))
-            case_id = await submit(kafka_settings)
+            case_id = await submit(kafka_settings, application)
             delivery = await wait_until(lambda: settled(service, case_id))
             assert delivery.status == "failed"
             attempts = WebhookStore(service.engine).attempts(delivery.delivery_id)
@@ -205,12 +217,13 @@ async def test_a_timeout_is_retried_after_a_restart_of_routing(
     # The first answer comes after the client's timeout; routing stops before the next attempt is due.
     slow = settings.model_copy(update={"webhook_timeout_s": 0.3, "webhook_backoff_base_s": 3600.0,
                                        "webhook_backoff_max_s": 3600.0})
-    with BackOffice([(200, 1.0)]) as office:
+    application = kelheim_application()
+    with BackOffice([(200, 1.0)], subject=application.case_id) as office:
         service, app = build(slow)
         async with running(service, app) as client:
             register(service, destination_id, office.url)
             await wait_until(lambda: knows(client, destination_id))
-            case_id = await submit(kafka_settings)
+            case_id = await submit(kafka_settings, application)
 
             def timed_out() -> bool:
                 delivery = delivery_of(service, case_id)
@@ -238,12 +251,12 @@ async def test_a_withdrawal_before_routing_reaches_topic_and_webhook_after_the_c
     settings: Settings, kafka_settings: KafkaSettings, destination_id: uuid.UUID
 ) -> None:
     # The case's first push fails: its withdrawal must wait for the case's retry, never overtake it.
-    with BackOffice([(500, 0.0)]) as office:
+    application = kelheim_application()
+    with BackOffice([(500, 0.0)], subject=application.case_id) as office:
         service, app = build(settings)
         async with running(service, app) as client:
             register(service, destination_id, office.url)
             await wait_until(lambda: knows(client, destination_id))
-            application = submitted(WOHNSITZ, {"postal_code": "93309", "place": "Kelheim"})
             case_id = application.case_id
             withdrawal = build_event(
                 event_type=events.STATUS_CHANGED_V1, source="/ozg/intake", subject=str(case_id),
@@ -293,7 +306,8 @@ async def test_a_withdrawal_before_routing_reaches_topic_and_webhook_after_the_c
 async def test_a_request_failing_verification_is_refused_by_the_back_office(
     settings: Settings, kafka_settings: KafkaSettings, destination_id: uuid.UUID
 ) -> None:
-    with BackOffice([]) as office:
+    application = kelheim_application()
+    with BackOffice([], subject=application.case_id) as office:
         service, app = build(settings)
         async with running(service, app) as client:
             register(service, destination_id, office.url)
@@ -304,7 +318,7 @@ async def test_a_request_failing_verification_is_refused_by_the_back_office(
                 session.add(row)
                 session.commit()
             await wait_until(lambda: knows(client, destination_id))
-            case_id = await submit(kafka_settings)
+            case_id = await submit(kafka_settings, application)
             delivery = await wait_until(lambda: settled(service, case_id))
             assert delivery.status == "failed"
             assert delivery.last_error == "HTTP 401"
