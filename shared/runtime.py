@@ -32,10 +32,6 @@ log = logging.getLogger(__name__)
 BackgroundTask = Callable[[], Awaitable[None]]
 # How long a start may take to read ozg.clients before it counts as failed and is retried.
 CLIENTS_CATCH_UP_S = 60.0
-# The broker is pinged every BROKER_WATCH_INTERVAL_S seconds and counts as lost after BROKER_LOST_AFTER_PINGS failed
-# pings in a row: long enough to ride out a slow answer, short enough to notice before a restarted broker is back.
-BROKER_WATCH_INTERVAL_S = 1.0
-BROKER_LOST_AFTER_PINGS = 3
 
 
 class Service:
@@ -103,14 +99,15 @@ class Service:
         longer knows). Consumers started afresh have no positions: they take the group's committed offsets or, with
         none, begin at the beginning (``auto_offset_reset=earliest``); what they see again is dropped by ``ce_id``.
         """
+        interval_s = self.settings.kafka.watch_interval_s
         failures = 0
         while True:
-            await asyncio.sleep(BROKER_WATCH_INTERVAL_S)
-            if await self.broker.ping(timeout=2 * BROKER_WATCH_INTERVAL_S):
+            await asyncio.sleep(interval_s)
+            if await self.broker.ping(timeout=2 * interval_s):
                 failures = 0
                 continue
             failures += 1
-            if failures < BROKER_LOST_AFTER_PINGS:
+            if failures < self.settings.kafka.lost_after_pings:
                 continue
             log.warning("broker unreachable, connecting afresh", extra={"failed_pings": failures})
             # Nothing is published until connect() made the topics again: a stopping broker may keep its producer.
@@ -119,7 +116,7 @@ class Service:
             self._up.labels(self.name).set(0)
             with contextlib.suppress(Exception):
                 await self.broker.stop()
-            await self.connect(cap_s=BROKER_WATCH_INTERVAL_S)
+            await self.connect(cap_s=interval_s)
             failures = 0
 
     async def readiness(self) -> dict[str, bool]:

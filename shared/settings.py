@@ -29,6 +29,10 @@ class KafkaSettings(BaseSettings):
     # 135 ms at p50 from produce to consumer at 500 ms, 15 ms at 100 ms, 4 ms at 10 ms), once per hop of a case.
     # The local stack and the tests run with a short one.
     fetch_max_wait_ms: int = Field(default=500, ge=1)
+    # Each service pings the broker every watch_interval_s and connects afresh after lost_after_pings failed pings in
+    # a row: long enough to ride out a slow answer, short enough to notice before a restarted broker is back.
+    watch_interval_s: float = Field(default=1.0, gt=0)
+    lost_after_pings: int = Field(default=3, ge=1)
     # How often each service measures its consumer group's lag for /metrics.
     lag_interval_s: float = Field(default=15.0, gt=0)
     # The largest record value a consumer accepts; a longer one is dead-lettered unread. Kafka's own default
