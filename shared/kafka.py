@@ -25,6 +25,9 @@ from shared.tracing import TraceMiddleware
 
 # The largest record a service's producer sends (see make_broker).
 DEAD_LETTER_MAX_BYTES = 64 * 1024 * 1024
+# How long a producer waits for more records before a request (measured at 500 applications/s on the whole system:
+# 2 ms p99 284 ms, 10 ms 297 ms, 25 ms 453 ms).
+LINGER_MS = 2
 
 
 async def _undecoded(msg: StreamMessage[Any]) -> bytes:
@@ -74,7 +77,7 @@ def make_broker(
         request_timeout_ms=settings.request_timeout_ms,
         metadata_max_age_ms=settings.metadata_max_age_ms,
         graceful_timeout=settings.graceful_timeout_s,
-        linger_ms=2,
+        linger_ms=LINGER_MS,
         # The broker's message.max.bytes is the limit that counts: the client must not refuse to dead-letter a
         # record the broker accepted and delivered (aiokafka's own default is 1 MiB).
         max_request_size=DEAD_LETTER_MAX_BYTES,
@@ -161,10 +164,10 @@ class EventProducer:
     bench machine, in CPU per record: FastStream's publish (middlewares, a command per record) 120-150 µs, aiokafka's
     ``send`` alone (a future and an accumulator entry per record) 60-75 µs, appending to a record batch 12-20 µs.
     FastStream's own ``publish_batch`` gives every record the same headers, and binary-mode CloudEvents need each
-    record's own. Records sent in
-    the same turn of the event loop, by one caller or by several (concurrent requests), share batches, so the
-    broker also gets fewer and larger produce requests. Partitions are chosen by aiokafka's default partitioner,
-    the same murmur2 of the key as every other Kafka client: a case's events stay in one partition.
+    record's own. Records sent in the same turn of the event loop, by one caller or by several (concurrent
+    requests), share batches, so the broker also gets fewer and larger produce requests. Partitions are chosen by
+    aiokafka's default partitioner, the same murmur2 of the key as every other Kafka client: a case's events stay
+    in one partition.
     """
 
     def __init__(self, settings: KafkaSettings, *, client_id: str, registry: CollectorRegistry) -> None:
@@ -172,6 +175,7 @@ class EventProducer:
         self._client_id = client_id
         self._producer: AIOKafkaProducer | None = None
         self._partitioner = DefaultPartitioner()
+        # Each topic's partitions, read once per connection: a new partition is taken up after the next reconnect.
         self._partitions: dict[str, list[int]] = {}
         self._open: dict[tuple[str, int], _Pending] = {}
         self._full: list[tuple[tuple[str, int], _Pending]] = []
@@ -179,6 +183,8 @@ class EventProducer:
         # Topics this connection has published to. Tansu 0.6 answers NotLeaderForPartition (until the request times
         # out) when a topic's first records share a produce request with another topic's, so they go alone.
         self._warm: set[str] = set()
+        # Held while the service connects afresh: a broker that came back empty gets its topics from ensure_topics
+        # first, never from the auto-creation a stray publish (or its metadata request) would cause.
         self.held = False
         self._published = Counter("ozg_events_published", "Events the broker acknowledged, by topic", ["topic"],
                                   registry=registry)
@@ -194,7 +200,7 @@ class EventProducer:
             enable_idempotence=self._settings.idempotence,
             request_timeout_ms=self._settings.request_timeout_ms,
             metadata_max_age_ms=self._settings.metadata_max_age_ms,
-            linger_ms=2,
+            linger_ms=LINGER_MS,
             max_batch_size=BATCH_BYTES,
             max_request_size=DEAD_LETTER_MAX_BYTES,
         )
