@@ -182,3 +182,17 @@ async def test_a_held_or_stopped_producer_refuses_events(kafka_settings: KafkaSe
         await publish(broker, topic, _event("c"))
     with pytest.raises(BrokerHeld):
         await publish(broker, topic, _event("c"))
+
+
+async def test_stopping_fails_what_is_not_sent_yet(kafka_settings: KafkaSettings) -> None:
+    topic = f"test.events.{uuid.uuid4().hex[:8]}"
+    async with _started(kafka_settings, topic) as (broker, _):
+        await publish(broker, topic, _event("warm"))
+        waiting = asyncio.create_task(publish(broker, topic, _event("late")))
+        await asyncio.sleep(0)  # appended to an open batch, not handed to aiokafka yet
+        await broker.events.stop()
+        with pytest.raises(BrokerHeld, match="before the batch was sent"):
+            await waiting
+    assert [r.key for r in await consume(kafka_settings, topic, 1)] == [b"warm"]
+    with pytest.raises(AssertionError, match="only 1 of 2"):  # and the refused one never arrives
+        await consume(kafka_settings, topic, 2, timeout_s=2)
