@@ -117,7 +117,13 @@ async def test_events_land_on_the_partition_of_their_key_in_order(
     # The partition every Kafka client picks for the key (murmur2), so a case's events share one partition whoever
     # publishes them; in the order they were given, also across a batch that filled up.
     topic = f"test.events.{uuid.uuid4().hex[:8]}"
-    cases = [str(uuid.uuid4()) for _ in range(6)]
+    # Three cases per partition, so both partitions take records (random keys all fell on one now and then).
+    every = list(range(kafka_settings.partitions))
+    by_partition: dict[int, list[str]] = {p: [] for p in every}
+    while any(len(found) < 3 for found in by_partition.values()):
+        case = str(uuid.uuid4())
+        by_partition[DefaultPartitioner()(case.encode(), every, every)].append(case)
+    cases = [case for found in by_partition.values() for case in found[:3]]
     batch = [(topic, _event(case, f"{case}-{n}")) for n in range(20) for case in cases]
     async with _started(kafka_settings, topic) as (broker, registry):
         await publish_all(broker, batch[:1])  # the topic's first record goes alone; then it is warm
