@@ -214,8 +214,7 @@ class EventProducer:
     async def stop(self) -> None:
         """Disconnect; what is still unsent fails, and a later ``start`` begins with no topic known."""
         producer, self._producer = self._producer, None
-        self._partitions.clear()
-        self._warm.clear()
+        self._forget_topics()
         unsent, self._full, self._open = [*self._full, *self._open.items()], [], {}
         for _, pending in unsent:
             # (A batch of an event loop that was closed has nobody left waiting.)
@@ -224,9 +223,16 @@ class EventProducer:
         if producer is not None:
             await producer.stop()
 
+    def hold(self) -> None:
+        """Refuse every event (BrokerHeld) until ``release``."""
+        self.held = True
+
     def release(self) -> None:
-        """Publish again after ``held`` (the topics exist again): every topic counts as new."""
+        """Publish again after ``hold`` (the topics exist again): every topic counts as new."""
         self.held = False
+        self._forget_topics()
+
+    def _forget_topics(self) -> None:
         self._partitions.clear()
         self._warm.clear()
 
@@ -274,10 +280,15 @@ class EventProducer:
         headers += [(name, value.encode()) for name, value in event.headers.items() if name != "content-type"]
         return builder.append(timestamp=None, key=event.key, value=event.value, headers=headers) is not None
 
-    async def _send_alone(self, topic: str, event: OutgoingEvent) -> None:
-        # A new topic's first record: in a batch of its own, sent at once and waited for, not in the shared ones.
+    def _new_batch(self, topic: str, event: OutgoingEvent) -> _Pending:
+        # An empty batch takes any record, however large.
         pending = _Pending(self._connected().create_batch(), topic)
         self._add(pending.builder, event)
+        return pending
+
+    async def _send_alone(self, topic: str, event: OutgoingEvent) -> None:
+        # A new topic's first record: in a batch of its own, sent at once and waited for, not in the shared ones.
+        pending = self._new_batch(topic, event)
         await self._send(self._partition(topic, event), pending)
         await asyncio.shield(pending.delivered)
 
@@ -286,10 +297,9 @@ class EventProducer:
         pending = self._open.get(tp)
         if pending is None or not self._add(pending.builder, event):
             if pending is not None:
-                # Full: it goes as it is; the record starts the next batch, where it always fits.
+                # Full: it goes as it is; the record starts the next batch.
                 self._full.append((tp, pending))
-            pending = self._open[tp] = _Pending(self._connected().create_batch(), topic)
-            self._add(pending.builder, event)
+            pending = self._open[tp] = self._new_batch(topic, event)
         return pending.delivered
 
     async def _send(self, tp: tuple[str, int], pending: _Pending) -> None:
@@ -337,7 +347,7 @@ class EventBroker(KafkaBroker):
 
 def hold(broker: EventBroker) -> None:
     """Refuse every publish through ``broker`` (BrokerHeld) until ``release``."""
-    broker.events.held = True
+    broker.events.hold()
 
 
 def release(broker: EventBroker) -> None:
