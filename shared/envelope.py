@@ -99,12 +99,16 @@ def build_event(
     event_type: str,
     source: str,
     subject: str,
-    data: BaseModel,
+    data: BaseModel | bytes,
     event_id: str | None = None,
     time: datetime | None = None,
     extra_headers: Mapping[str, str] | None = None,
 ) -> OutgoingEvent:
-    """Encode ``data`` as a CloudEvent in binary content mode, keyed by ``subject`` (the case id)."""
+    """Encode ``data`` as a CloudEvent in binary content mode, keyed by ``subject`` (the case id).
+
+    ``data`` is the event's data model, or its JSON already serialised (``model_dump_json()``), as the sender may
+    hold it anyway (intake keeps it in its outbox).
+    """
     event_id = event_id or str(uuid.uuid4())
     event = CloudEvent(
         attributes={
@@ -117,7 +121,7 @@ def build_event(
         },
         # Serialised by pydantic-core straight to JSON bytes, which the SDK passes through: a dict for the SDK's
         # json.dumps cost several times as much.
-        data=data.model_dump_json().encode(),
+        data=data if isinstance(data, bytes) else data.model_dump_json().encode(),
     )
     message = to_binary(event, _FORMAT, key_mapper=lambda _: subject)
     headers = {name: value.decode() for name, value in message.headers.items()}

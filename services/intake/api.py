@@ -233,7 +233,7 @@ def create_router(
         assert isinstance(outcome, Reserved)
         case = outcome.case
         try:
-            await publisher.publish(submitted_event(case, data))
+            await publisher.publish(submitted_event(case, now))
         except BrokerUnavailable as exc:
             log.warning("submission not published", extra={"case_id": str(case.case_id), "error": str(exc),
                                                            "maybe_sent": exc.maybe_sent})

@@ -44,11 +44,14 @@ def withdrawn_event(data: CaseStatusChanged) -> OutgoingEvent:
                        time=data.changed_at, data=data)
 
 
-def submitted_event(case: Case | NewCase, data: ApplicationSubmitted) -> OutgoingEvent:
-    """The ``submitted`` event of ``case``; rebuilt from stored data it has the same id, time and content."""
+def submitted_event(case: Case | NewCase, submitted_at: datetime) -> OutgoingEvent:
+    """The ``submitted`` event of a reserved ``case``, its data the submission the case keeps (serialised once, for
+    the outbox and the event alike): rebuilt by the outbox it has the same id, time and content."""
+    if case.submission is None:
+        raise ValueError(f"case {case.case_id} keeps no submission (it was accepted)")
     return build_event(
         event_type=events.SUBMITTED_V1, source=SOURCE, subject=str(case.case_id), event_id=case.event_id,
-        time=data.submitted_at, data=data,
+        time=submitted_at, data=case.submission.encode(),
     )
 
 
@@ -108,7 +111,8 @@ async def republish_pending(store: IntakeStore, publisher: SubmissionPublisher, 
 
     async def publish_case(case: Case) -> None:
         assert case.submission is not None
-        await publisher.publish(submitted_event(case, ApplicationSubmitted.model_validate_json(case.submission)))
+        submitted_at = ApplicationSubmitted.model_validate_json(case.submission).submitted_at
+        await publisher.publish(submitted_event(case, submitted_at))
 
     # Still pending after a failure: the next sweep tries again.
     accepted = await relay(pending, publish_case, lambda case: store.accept(case.case_id), what="outbox")

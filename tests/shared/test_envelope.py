@@ -27,6 +27,19 @@ def test_round_trip_in_binary_content_mode() -> None:
     assert envelope.data_as(events.ApplicationSubmitted) == data
 
 
+def test_data_already_serialised_goes_out_as_it_is() -> None:
+    data = submitted()
+    serialised = data.model_dump_json().encode()
+    attributes = {"event_type": events.SUBMITTED_V1, "source": "/ozg/intake", "subject": str(data.case_id),
+                  "event_id": str(uuid.uuid4()), "time": data.submitted_at}
+    from_model = build_event(**attributes, data=data)
+    from_bytes = build_event(**attributes, data=serialised)
+    assert from_bytes.value is serialised
+    assert from_bytes.value == from_model.value
+    assert {k: v for k, v in from_bytes.headers.items() if k != "traceparent"} == {
+        k: v for k, v in from_model.headers.items() if k != "traceparent"}
+
+
 @pytest.mark.parametrize(
     ("headers", "value", "message"),
     [
