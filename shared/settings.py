@@ -15,6 +15,12 @@ class KafkaSettings(BaseSettings):
     # Tansu rejects the idempotent producer; Apache Kafka (docker-compose, Kubernetes) should turn it on.
     idempotence: bool = False
     partitions: int = Field(default=3, ge=1)
+    # A destination's topic (and its dead-letter twin) carries one back office's cases: a low rate that needs no
+    # parallel consumers. With one topic per Kommune a federal deployment has thousands; every partition costs the
+    # brokers, and every fetch of audit's pattern subscription reads every partition (on Tansu: 78 partitions for
+    # the 19 demo destinations at 3, 40 at 1, and a fifth less broker CPU while idle). Raise it for a destination
+    # whose back office needs several consumers.
+    destination_partitions: int = Field(default=1, ge=1)
     replication_factor: int = Field(default=1, ge=1)
     graceful_timeout_s: float = Field(default=10.0, gt=0)
     request_timeout_ms: int = Field(default=10_000, ge=1000)

@@ -49,12 +49,15 @@ class TopicSpec:
     name: str
     compacted: bool = False
     config: dict[str, str] = field(default_factory=dict)
+    # None: the deployment's ``KafkaSettings.partitions``.
+    partitions: int | None = None
 
 
-def destination_topic_specs(destination_id: UUID | str) -> list[TopicSpec]:
-    """A destination's topic and its dead-letter twin (audit consumes destination topics too)."""
+def destination_topic_specs(destination_id: UUID | str, partitions: int | None = None) -> list[TopicSpec]:
+    """A destination's topic and its dead-letter twin (audit consumes destination topics too), with ``partitions``
+    partitions each (``KafkaSettings.destination_partitions``; None: the deployment's default)."""
     name = destination_topic(destination_id)
-    return [TopicSpec(name), TopicSpec(dlq_topic(name))]
+    return [TopicSpec(name, partitions=partitions), TopicSpec(dlq_topic(name), partitions=partitions)]
 
 
 def standard_topics() -> list[TopicSpec]:
@@ -82,7 +85,7 @@ async def ensure_topics(settings: KafkaSettings, specs: Iterable[TopicSpec]) -> 
         new = [
             NewTopic(
                 name=spec.name,
-                num_partitions=settings.partitions,
+                num_partitions=spec.partitions or settings.partitions,
                 replication_factor=settings.replication_factor,
                 topic_configs={**({"cleanup.policy": "compact"} if spec.compacted else {}), **spec.config},
             )

@@ -94,6 +94,17 @@ async def consume(
         await consumer.stop()
 
 
+async def partition_counts(kafka: KafkaSettings, prefix: str = "ozg.") -> dict[str, int]:
+    """How many partitions each topic starting with ``prefix`` has."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap_servers, enable_auto_commit=False)
+    try:
+        await consumer.start()
+        names = [name for name in await consumer.topics() if name.startswith(prefix)]
+        return {name: len(consumer.partitions_for_topic(name) or ()) for name in sorted(names)}
+    finally:
+        await consumer.stop()
+
+
 async def topic_names(kafka: KafkaSettings) -> set[str]:
     """The names of every topic on the broker."""
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers)
@@ -102,3 +113,4 @@ async def topic_names(kafka: KafkaSettings) -> set[str]:
         return set(await admin.list_topics())
     finally:
         await admin.close()
+

@@ -61,17 +61,6 @@ async def read_topics(kafka: KafkaSettings, prefix: str = "ozg.") -> list[Record
         await consumer.stop()
 
 
-async def partition_counts(kafka: KafkaSettings, prefix: str = "ozg.") -> dict[str, int]:
-    """How many partitions each topic starting with ``prefix`` has."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap_servers, enable_auto_commit=False)
-    try:
-        await consumer.start()
-        names = [name for name in await consumer.topics() if name.startswith(prefix)]
-        return {name: len(consumer.partitions_for_topic(name) or ()) for name in sorted(names)}
-    finally:
-        await consumer.stop()
-
-
 def audit_entries(database: Path) -> Counter[str]:
     """How many entries audit's chain holds per ``ce_id`` (read-only, beside the running service)."""
     with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as connection:
