@@ -53,10 +53,11 @@ class TopicSpec:
     partitions: int | None = None
 
 
-def destination_topic_specs(destination_id: UUID | str, partitions: int | None = None) -> list[TopicSpec]:
-    """A destination's topic and its dead-letter twin (audit consumes destination topics too), with ``partitions``
-    partitions each (``KafkaSettings.destination_partitions``; None: the deployment's default)."""
+def destination_topic_specs(destination_id: UUID | str, settings: KafkaSettings) -> list[TopicSpec]:
+    """A destination's topic and its dead-letter twin (audit consumes destination topics too), each with the
+    partitions ``settings`` give destinations."""
     name = destination_topic(destination_id)
+    partitions = settings.destination_partitions
     return [TopicSpec(name, partitions=partitions), TopicSpec(dlq_topic(name), partitions=partitions)]
 
 

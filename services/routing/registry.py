@@ -84,7 +84,7 @@ class RoutingState:
     async def ensure_topic(self, kafka: KafkaSettings, destination_id: uuid.UUID) -> None:
         """Create a destination's topics on first use (the broker's auto-creation is never relied on)."""
         if destination_id not in self._topics:
-            await ensure_topics(kafka, destination_topic_specs(destination_id, kafka.destination_partitions))
+            await ensure_topics(kafka, destination_topic_specs(destination_id, kafka))
             self._topics.add(destination_id)
 
     async def ensure_all_topics(self, kafka: KafkaSettings) -> None:
@@ -96,8 +96,7 @@ class RoutingState:
         """
         missing = {d.destination_id for ds in self._by_authority.values() for d in ds} - self._topics
         if missing:
-            await ensure_topics(kafka, [spec for d in sorted(missing)
-                                        for spec in destination_topic_specs(d, kafka.destination_partitions)])
+            await ensure_topics(kafka, [spec for d in sorted(missing) for spec in destination_topic_specs(d, kafka)])
             self._topics |= missing
 
     def forget_topics(self) -> None:

@@ -240,7 +240,7 @@ async def services(kafka: KafkaSettings, root: Path) -> AsyncIterator[dict[str, 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def backbone(tansu: Tansu, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Backbone]:
     kafka = KafkaSettings(bootstrap_servers=tansu.bootstrap, partitions=2, dlq_backoff_s=0.01, **QUICK_GROUPS)
-    await topics.ensure_topics(kafka, [*topics.standard_topics(), *topics.destination_topic_specs(DESTINATION)])
+    await topics.ensure_topics(kafka, [*topics.standard_topics(), *topics.destination_topic_specs(DESTINATION, kafka)])
     dead: list[ConsumerRecord[bytes, bytes]] = []
     reader = asyncio.create_task(read_dead_letters(kafka, dead))
     producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all",
