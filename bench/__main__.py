@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wrk-seconds", type=int, default=15, help="duration of each wrk round")
     parser.add_argument("--routing-cases", type=int, default=10_000, help="pre-filled cases for routing")
     parser.add_argument("--verify-entries", type=int, default=1_000_000, help="chain length to verify")
+    parser.add_argument("--service-python", default=sys.executable, metavar="PYTHON",
+                        help="the interpreter the services (and intake's baseline) run with; make bench gives one "
+                        "with the runtime dependencies only, as the container image has (default: this one)")
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
                         help="write py-spy samples (collapsed stacks) of intake and routing under load to DIR")
     args = parser.parse_args(argv)
@@ -52,11 +55,13 @@ def main(argv: list[str] | None = None) -> int:
             rss: dict[str, float] = {}
             if part == "intake":
                 results["intake"], rss = intake.run(workdir, WrkSettings(seconds=args.wrk_seconds),
-                                                    profile=args.profile)
+                                                    profile=args.profile, python=args.service_python)
             elif part == "routing":
-                results["routing"], rss = routing.run(workdir, args.routing_cases, profile=args.profile)
+                results["routing"], rss = routing.run(workdir, args.routing_cases, profile=args.profile,
+                                                      python=args.service_python)
             elif part == "e2e":
-                results["e2e"], rss = e2e.run(workdir, rate=args.rate, seconds=args.seconds)
+                results["e2e"], rss = e2e.run(workdir, rate=args.rate, seconds=args.seconds,
+                                              python=args.service_python)
             else:
                 results["audit"] = audit.run(workdir, verify_entries=args.verify_entries)
             load[f"{part}_after"] = _load()
@@ -67,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "minutes": round((time.monotonic() - started) / 60, 1),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "system": platform.platform()},
+        "service_python": args.service_python,
         "load_average_1_5_15": load,
         "rss": "peak resident set size (VmHWM) of each service process over its phases",
         "verdicts": stats.verdicts(results),

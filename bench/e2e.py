@@ -4,6 +4,7 @@ acceptance to its dispatched event in the audit trail, by the audit entries' own
 from __future__ import annotations
 
 import json
+import sys
 import time
 import urllib.request
 import uuid
@@ -75,12 +76,14 @@ def warm_up(url: str, token: str, body: Path, audit_db: Path, timeout_s: float =
         time.sleep(0.5)
 
 
-def run(workdir: Path, rate: float = 500, seconds: float = 60) -> tuple[dict[str, Any], dict[str, float]]:
-    """The whole system on free ports under ``workdir``, loaded by wrk at ``rate`` for ``seconds``; returns the
-    figures and each service's peak RSS."""
+def run(
+    workdir: Path, rate: float = 500, seconds: float = 60, python: str = sys.executable
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """The whole system on free ports under ``workdir`` (the services run by ``python``), loaded by wrk at ``rate``
+    for ``seconds``; returns the figures and each service's peak RSS."""
     body = system.application_body(workdir / "e2e-application.json")
     root = workdir / "e2e"
-    with system.running(root, ["intake", "routing", "notify", "audit"]) as stack:
+    with system.running(root, ["intake", "routing", "notify", "audit"], python) as stack:
         token = system.portal_key(stack)
         warm_up(stack.url("intake"), token, body, root / "audit.db")
         sent = wrk(stack.url("intake"), body, token,

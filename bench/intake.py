@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,21 +13,21 @@ WARM_UP = WrkSettings(seconds=3)
 
 
 def run(
-    workdir: Path, settings: WrkSettings, rounds: int = 2, profile: Path | None = None
+    workdir: Path, settings: WrkSettings, rounds: int = 2, profile: Path | None = None, python: str = sys.executable
 ) -> tuple[dict[str, Any], dict[str, float]]:
     """Load intake (one process, with its broker) and the baseline alternately, ``rounds`` times each with the same
     wrk settings; the best round of each counts (other load on the machine only ever slows a round down).
 
-    Returns the figures and intake's peak RSS. With ``profile`` (a directory), py-spy samples intake's last
-    round into ``intake.txt`` there.
+    Both run with ``python``. Returns the figures and intake's peak RSS. With ``profile`` (a directory), py-spy
+    samples intake's last round into ``intake.txt`` there.
     """
     body = system.application_body(workdir / "application.json")
     intake_rounds: list[dict[str, Any]] = []
     bare_rounds: list[dict[str, Any]] = []
-    with system.running(workdir / "intake", ["intake"]) as stack:
+    with system.running(workdir / "intake", ["intake"], python) as stack:
         token = system.portal_key(stack)
         url = stack.url("intake")
-        with system.bare_intake() as bare_url:
+        with system.bare_intake(python) as bare_url:
             wrk(url, body, token, WARM_UP)
             wrk(bare_url, body, token, WARM_UP)
             for index in range(rounds):

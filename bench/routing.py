@@ -8,6 +8,7 @@ neither start-up nor the reading back counts.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 import uuid
 from datetime import UTC, datetime
@@ -101,11 +102,14 @@ async def output_rate(kafka: KafkaSettings, count: int, timeout_s: float, **subs
     return {"rate": (len(stamps) - 1) / seconds if seconds else 0.0, "records": len(stamps), "seconds": seconds}
 
 
-def run(workdir: Path, count: int = 10_000, profile: Path | None = None) -> tuple[dict[str, Any], dict[str, float]]:
-    """Both loops over the same ``count`` pre-filled records on one broker; returns the figures and routing's
-    peak RSS. With ``profile`` (a directory), py-spy samples routing's first 15 s into ``routing.txt`` there."""
+def run(
+    workdir: Path, count: int = 10_000, profile: Path | None = None, python: str = sys.executable
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """Both loops over the same ``count`` pre-filled records on one broker (routing run by ``python``); returns the
+    figures and routing's peak RSS. With ``profile`` (a directory), py-spy samples routing's first 15 s into
+    ``routing.txt`` there."""
     batch = RoutingSettings().batch_max_records
-    with system.running(workdir / "routing", []) as stack:
+    with system.running(workdir / "routing", [], python) as stack:
         kafka = stack.kafka
         asyncio.run(prefill(kafka, count))
         asyncio.run(bare_loop(kafka, count, batch))

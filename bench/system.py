@@ -39,9 +39,10 @@ def service_rss(stack: LocalStack) -> dict[str, float]:
 
 
 @contextmanager
-def running(root: Path, services: Sequence[str]) -> Iterator[LocalStack]:
-    """A local stack on free ports under ``root`` with ``services`` started and ready; stopped afterwards."""
-    stack = LocalStack.on_free_ports(root, env=BENCH_ENV)
+def running(root: Path, services: Sequence[str], python: str = sys.executable) -> Iterator[LocalStack]:
+    """A local stack on free ports under ``root`` with ``services`` started and ready, each run by ``python``;
+    stopped afterwards."""
+    stack = LocalStack.on_free_ports(root, env=BENCH_ENV, python=python)
     (root / "logs").mkdir(parents=True, exist_ok=True)
     (root / "letters").mkdir(parents=True, exist_ok=True)
     try:
@@ -81,11 +82,12 @@ def application_body(path: Path) -> Path:
 
 
 @contextmanager
-def bare_intake() -> Iterator[str]:
-    """The baseline app (bench/bare_intake.py) under uvicorn, as intake runs (no access log); yields its URL."""
+def bare_intake(python: str = sys.executable) -> Iterator[str]:
+    """The baseline app (bench/bare_intake.py) under uvicorn, as intake runs (no access log, the same
+    ``python``); yields its URL."""
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "bench.bare_intake:app", "--host", "127.0.0.1", "--port", str(port),
+        [python, "-m", "uvicorn", "bench.bare_intake:app", "--host", "127.0.0.1", "--port", str(port),
          "--no-access-log", "--log-level", "warning"],
     )
     try:

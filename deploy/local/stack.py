@@ -42,16 +42,18 @@ class LocalStack:
     log_json: bool = True
     # Extra environment for every service process (tests tune intervals and limits with it).
     env: dict[str, str] = field(default_factory=dict)
+    # The interpreter the services run with: this one, or (make bench) one with the runtime dependencies only.
+    python: str = sys.executable
     broker: Tansu | None = None
     sink: Controller | None = None
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _logs: list[IO[bytes]] = field(default_factory=list)
 
     @classmethod
-    def on_free_ports(cls, root: Path, env: dict[str, str] | None = None) -> LocalStack:
+    def on_free_ports(cls, root: Path, env: dict[str, str] | None = None, python: str = sys.executable) -> LocalStack:
         """A stack whose every port is free right now (for tests beside a running ``make run``)."""
         return cls(root=root, kafka_port=free_port(), smtp_port=free_port(),
-                   ports={name: free_port() for name in SERVICES}, env=dict(env or {}))
+                   ports={name: free_port() for name in SERVICES}, env=dict(env or {}), python=python)
 
     @property
     def kafka(self) -> KafkaSettings:
@@ -92,7 +94,7 @@ class LocalStack:
         log = open(self.root / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
         self._logs.append(log)
         self.processes[name] = subprocess.Popen(
-            [sys.executable, "-m", f"services.{name}"], env=self.service_env(name), stdout=log,
+            [self.python, "-m", f"services.{name}"], env=self.service_env(name), stdout=log,
             stderr=subprocess.STDOUT,
         )
 
