@@ -40,7 +40,7 @@ pytest: $(STAMP) system-tools
 test: lint typecheck contracts pytest
 
 # The services as the container image runs them: the runtime dependencies only, without the test tools (pytest,
-# schemathesis, ...) that libraries import when present (httpx loads rich and pygments: 6 MB of each service's RSS).
+# schemathesis, ...) that libraries import when present (httpx loads rich and pygments: 6 MB of routing's RSS).
 RUNTIME := .venv-runtime
 RUNTIME_STAMP := $(RUNTIME)/.installed
 
