@@ -33,4 +33,3 @@ def test_services_run_with_the_given_interpreter(tmp_path: Path) -> None:
         assert proc.read_bytes().split(b"\0")[:3] == expected
     finally:
         stack.stop()
-
