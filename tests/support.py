@@ -113,4 +113,3 @@ async def topic_names(kafka: KafkaSettings) -> set[str]:
         return set(await admin.list_topics())
     finally:
         await admin.close()
-

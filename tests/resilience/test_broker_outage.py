@@ -115,8 +115,9 @@ async def test_the_system_rides_out_a_broker_outage_without_restarts(system: Sys
         expected = {name: DESTINATION_PARTITIONS if name.startswith(topics.DESTINATION_PREFIX) else PARTITIONS
                     for name in counts}
         assert counts == expected, counts
-        assert {f"{name}.dlq" for name in counts if name.startswith("ozg.dest.") and not name.endswith(".dlq")} <= set(
-            counts), counts
+        destinations = [name for name in counts
+                        if name.startswith(topics.DESTINATION_PREFIX) and not name.endswith(topics.DLQ_SUFFIX)]
+        assert {topics.dlq_topic(name) for name in destinations} <= set(counts), counts
 
         # Every service is ready again, and it is still the same process: it reconnected by itself.
         await asyncio.to_thread(stack.wait_ready, 60)
