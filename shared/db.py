@@ -10,6 +10,10 @@ from alembic.config import Config
 from sqlalchemy import Engine, Table, event, text
 from sqlmodel import SQLModel, create_engine
 
+MAX_BIGINT = 2**63 - 1
+"""The largest integer a database takes as a parameter (SQLite's and PostgreSQL's 64-bit integers): a bound for
+every integer from outside that reaches a statement, which would fail there with a server error otherwise."""
+
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """An engine for ``url``; SQLite gets WAL and a busy timeout so API threads and consumers can share it.

@@ -14,6 +14,7 @@ from services.audit.models import CaseTrail, CheckpointList, VerifyReport
 from services.audit.signing import CheckpointSigner
 from services.audit.store import AuditStore
 from shared.auth import require
+from shared.db import MAX_BIGINT
 from shared.events import ClientRecord
 from shared.problems import MEDIA_TYPE, ProblemException
 from shared.runtime import Service
@@ -60,7 +61,7 @@ def create_router(service: Service, store: AuditStore, signer: CheckpointSigner)
                 responses={401: PROBLEM, 403: PROBLEM, 422: PROBLEM})
     async def checkpoints(
         _client: Annotated[ClientRecord, Depends(read_scope)],
-        after_seq: Annotated[int, Query(ge=0, description="Only checkpoints with a greater seq")] = 0,
+        after_seq: Annotated[int, Query(ge=0, le=MAX_BIGINT, description="Only checkpoints with a greater seq")] = 0,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> CheckpointList:
         """Checkpoints in seq order, each signed over (seq, head hash, time); page on with ``after_seq``."""

@@ -168,7 +168,10 @@ async def receive(
         "on_header_end": on_header_end,
         "on_headers_finished": lambda: pending.append(("headers", None)),
     }
-    parser = MultipartParser(boundary, callbacks)
+    try:
+        parser = MultipartParser(boundary, callbacks)
+    except Exception:  # noqa: BLE001 - a boundary it cannot take (longer than RFC 2046's 70 characters, say)
+        raise invalid("The multipart boundary is malformed.", "#") from None
     part = _Part()
     sink: _FileSink | None = None
     done: _FileSink | None = None

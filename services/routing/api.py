@@ -38,6 +38,7 @@ from services.routing.registry import RoutingState
 from services.routing.webhooks import WebhookStore
 from shared import topics
 from shared.auth import require
+from shared.db import MAX_BIGINT
 from shared.events import (
     ApplicationSubmitted,
     CaseStatus,
@@ -128,7 +129,9 @@ def create_operator_router(service: Service, state: RoutingState, publisher: Out
         existing = await anyio.to_thread.run_sync(store.destination, destination_id)
         secret = None
         if body.webhook is not None:
-            secret = body.webhook.secret or (existing.webhook_secret if existing is not None else None)
+            # A secret is kept only for the same URL: the previous receiver's secret must never sign for another.
+            same_url = existing is not None and existing.webhook_url == str(body.webhook.url)
+            secret = body.webhook.secret or (existing.webhook_secret if same_url and existing is not None else None)
             if secret is None:
                 raise ProblemException(422, "A new webhook needs a secret.", kind="validation",
                                        title="Validation failed",
@@ -171,7 +174,7 @@ def create_operator_router(service: Service, state: RoutingState, publisher: Out
                 summary="Unroutable cases waiting for an operator (no personal data)",
                 responses={401: PROBLEM, 403: PROBLEM})
     async def list_clearing(
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100, offset: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100, offset: Annotated[int, Query(ge=0, le=MAX_BIGINT)] = 0,
     ) -> ClearingList:
         cases = await anyio.to_thread.run_sync(store.clearing_cases, limit, offset)
         return ClearingList(cases=[
@@ -184,7 +187,7 @@ def create_operator_router(service: Service, state: RoutingState, publisher: Out
                 summary="Webhook deliveries given up on (no personal data)",
                 responses={401: PROBLEM, 403: PROBLEM})
     async def list_failed_webhooks(
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100, offset: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100, offset: Annotated[int, Query(ge=0, le=MAX_BIGINT)] = 0,
     ) -> list[FailedWebhookDelivery]:
         """The case's events stay on the destination's topic and in the pull API; these need a look."""
         failed = await anyio.to_thread.run_sync(WebhookStore(service.engine).failed, limit, offset)

@@ -207,16 +207,21 @@ class WebhookSender:
         headers = {**delivery.headers, "content-type": "application/json", "X-OZG-Timestamp": timestamp,
                    "X-OZG-Signature": sign(secret, timestamp, body)}
         try:
-            answer = await client.post(url, content=body, headers=headers)
+            # Only the status counts. The answer's body is never read: a broken one (a Content-Encoding it does not
+            # have) would raise after a 2xx, and an endless one would hold the attempt.
+            async with client.stream("POST", url, content=body, headers=headers) as answer:
+                status_code = answer.status_code
         except httpx.TimeoutException:
             return Attempt(RETRY, error="timeout")
         except httpx.TransportError as exc:
             return Attempt(RETRY, error=f"connection error: {type(exc).__name__}")
-        if 200 <= answer.status_code < 300:
-            return Attempt(DELIVERED, answer.status_code)
-        if answer.status_code >= 500:
-            return Attempt(RETRY, answer.status_code, f"HTTP {answer.status_code}")
-        return Attempt(FAILED, answer.status_code, f"HTTP {answer.status_code}")
+        except httpx.HTTPError as exc:  # whatever else httpx refuses: an answer that is not HTTP, say
+            return Attempt(RETRY, error=f"request error: {type(exc).__name__}")
+        if 200 <= status_code < 300:
+            return Attempt(DELIVERED, status_code)
+        if status_code >= 500:
+            return Attempt(RETRY, status_code, f"HTTP {status_code}")
+        return Attempt(FAILED, status_code, f"HTTP {status_code}")
 
 
 def deliveries_counter(registry: CollectorRegistry) -> Counter:

@@ -179,6 +179,13 @@ async def test_trail_and_verify_over_the_broker(settings: Settings, kafka_settin
         assert (await client.get("/v1/checkpoints")).status_code == 401
         assert (await client.get("/v1/checkpoints", headers=bearer(portal))).status_code == 403
         assert (await client.get("/v1/checkpoints?limit=0", headers=bearer(auditor))).status_code == 422
+        # Beyond a 64-bit integer the database would refuse the parameter: refused here, never a 500.
+        beyond = await client.get(f"/v1/checkpoints?after_seq={2**63}", headers=bearer(auditor))
+        assert beyond.status_code == 422
+        assert beyond.json()["errors"][0]["parameter"] == "after_seq"
+        last = await client.get(f"/v1/checkpoints?after_seq={2**63 - 1}", headers=bearer(auditor))
+        assert last.status_code == 200
+        assert last.json()["checkpoints"] == []
 
 
 async def test_redelivered_event_is_recorded_once(sqlite_settings: Settings, kafka_settings: KafkaSettings) -> None:

@@ -126,6 +126,12 @@ async def test_upload_stores_by_content_with_hash_and_limits(settings: Settings,
         raw = await client.post("/v1/attachments", headers={**bearer(key), "Content-Type": "application/pdf"},
                                 content=PDF)
         assert raw.status_code == 415
+        long_boundary = await client.post(
+            "/v1/attachments", headers={**bearer(key), "Content-Type": f"multipart/form-data; boundary={'b' * 5000}"},
+            content=b"--" + b"b" * 5000 + b"\r\n",
+        )
+        assert long_boundary.status_code == 422
+        assert long_boundary.headers["content-type"] == "application/problem+json"
         assert len(stored_files(settings.blob_dir)) == before + 1
         assert stored_files(settings.blob_dir, temporary=True) == []
 

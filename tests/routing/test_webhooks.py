@@ -52,7 +52,8 @@ class BackOffice:
     one broker and routing's consumer group, so a routing instance may yet be handed cases an earlier test left
     unacknowledged, and they go to the same Kelheim back office."""
 
-    def __init__(self, script: list[tuple[int, float]], subject: uuid.UUID | None = None) -> None:
+    def __init__(self, script: list[tuple[int, float]], subject: uuid.UUID | None = None,
+                 answer: tuple[dict[str, str], bytes] = ({}, b"")) -> None:
         self.script = list(script)
         self.requests: list[tuple[dict[str, str], bytes]] = []
         office = self
@@ -69,8 +70,12 @@ class BackOffice:
                     status, delay = 401, 0.0
                 time.sleep(delay)
                 self.send_response(status)
-                self.send_header("Content-Length", "0")
+                answer_headers, answer_body = answer
+                for name, value in answer_headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(answer_body)))
                 self.end_headers()
+                self.wfile.write(answer_body)
 
             def log_message(self, *_args: Any) -> None:
                 pass
@@ -182,6 +187,26 @@ async def test_a_500_is_retried_and_the_event_delivered_once_signed(
         assert not verify(SECRET, headers["x-ozg-timestamp"], body + b" ", headers["x-ozg-signature"])
         stale = str(int(time.time()) - 301)
         assert not verify(SECRET, stale, body, sign(SECRET, stale, body))
+
+
+async def test_the_answers_body_is_not_read_so_a_broken_one_changes_nothing(
+    settings: Settings, kafka_settings: KafkaSettings, destination_id: uuid.UUID
+) -> None:
+    # A 200 whose body claims gzip but is not: decoding it would raise, and the delivery would be attempted again
+    # and again without ever being settled.
+    application = kelheim_application()
+    with BackOffice([(200, 0.0)], subject=application.case_id,
+                    answer=({"Content-Encoding": "gzip"}, b"not gzip at all")) as office:
+        service, app = build(settings)
+        async with running(service, app) as client:
+            register(service, destination_id, office.url)
+            await wait_until(lambda: knows(client, destination_id))
+            case_id = await submit(kafka_settings, application)
+            delivery = await wait_until(lambda: settled(service, case_id))
+            assert delivery.status == "delivered"
+            attempts = WebhookStore(service.engine).attempts(delivery.delivery_id)
+            assert [(a.outcome, a.status_code) for a in attempts] == [("delivered", 200)]
+        assert len(office.requests) == 1
 
 
 async def test_other_4xx_answers_are_not_retried(
