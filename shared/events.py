@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, model_validator
 
 SUBMITTED_V1 = "de.ozg.application.submitted.v1"
 ROUTED_V1 = "de.ozg.application.routed.v1"
@@ -27,6 +27,31 @@ LeikaKey = Annotated[str, Field(pattern=r"^99\d{12}$", examples=["99107023037000
 Ags = Annotated[str, Field(pattern=r"^\d{8}$", examples=["09273137"])]
 Ars = Annotated[str, Field(pattern=r"^\d{12}$", examples=["092730137137"])]
 PostalCode = Annotated[str, Field(pattern=r"^\d{5}$", examples=["93309"])]
+# Text people write: a name or a title is one line without control characters, a message may break lines. A NUL
+# would stop at PostgreSQL (its text takes none) in whichever service stores the field, another control character
+# in a mail header or a letter.
+Line = Annotated[str, Field(pattern=r"^[^\x00-\x1f\x7f]*$")]
+Lines = Annotated[str, Field(pattern=r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$")]
+
+# Deeper forms are refused: no form of the catalogue nests beyond a few levels, and the JSON-Schema validator and
+# the serialisers give up at a few hundred (an error, not an answer).
+MAX_FORM_DEPTH = 32
+
+
+def _shallow(form: dict[str, object]) -> dict[str, object]:
+    # The objects and arrays one level down, level by level: the form itself is level 1.
+    level: list[dict[str, object] | list[object]] = [form]
+    for _ in range(MAX_FORM_DEPTH):
+        level = [child for container in level
+                 for child in (container.values() if isinstance(container, dict) else container)
+                 if isinstance(child, dict | list)]
+        if not level:
+            return form
+    raise ValueError(f"the form nests objects and arrays deeper than {MAX_FORM_DEPTH} levels")
+
+
+FormData = Annotated[dict[str, object], AfterValidator(_shallow)]
+"""A form's data: any JSON object (its service's JSON Schema checks it) nested at most ``MAX_FORM_DEPTH`` levels."""
 
 
 class Strict(BaseModel):
@@ -78,7 +103,7 @@ class Region(Strict):
     ars: Ars | None = None
     ags: Ags | None = None
     postal_code: PostalCode | None = None
-    place: Annotated[str, Field(min_length=1, max_length=100)] | None = None
+    place: Annotated[Line, Field(min_length=1, max_length=100)] | None = None
 
     @model_validator(mode="after")
     def _exactly_one_form(self) -> Region:
@@ -93,9 +118,9 @@ class Region(Strict):
 class PostalAddress(Strict):
     """A postal address in Germany, for letters."""
 
-    street: Annotated[str, Field(min_length=1, max_length=100)]
+    street: Annotated[Line, Field(min_length=1, max_length=100)]
     postal_code: PostalCode
-    city: Annotated[str, Field(min_length=1, max_length=100)]
+    city: Annotated[Line, Field(min_length=1, max_length=100)]
     country: Annotated[str, Field(pattern=r"^[A-Z]{2}$")] = "DE"
 
 
@@ -103,14 +128,14 @@ class Contact(Strict):
     """How to reach the applicant; the reply channel decides which field is required."""
 
     email: EmailStr | None = None
-    postfach_id: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    postfach_id: Annotated[Line, Field(min_length=1, max_length=200)] | None = None
     address: PostalAddress | None = None
 
 
 class Applicant(Strict):
     """The applicant (personal data: only on topics marked so in SPEC §3)."""
 
-    name: Annotated[str, Field(min_length=1, max_length=200)]
+    name: Annotated[Line, Field(min_length=1, max_length=200)]
     contact: Contact
     reply_channel: ReplyChannel
     language: Literal["de", "en"] = "de"
@@ -145,7 +170,7 @@ class ApplicationSubmitted(Strict):
     leika_key: LeikaKey
     region: Region
     applicant: Applicant
-    form: dict[str, object]
+    form: FormData
     attachments: list[AttachmentRef] = Field(default_factory=list)
     client_id: UUID
     client_kind: ClientKind
@@ -224,10 +249,10 @@ class ApplicationDispatched(Strict):
 class Problem(Strict):
     """An RFC 9457-style problem, as a back office reports it when it rejects a case."""
 
-    type: str = "about:blank"
-    title: str
-    detail: str | None = None
-    instance: str | None = None
+    type: Line = "about:blank"
+    title: Line
+    detail: Lines | None = None
+    instance: Line | None = None
 
 
 class Outcome(enum.StrEnum):
@@ -248,7 +273,7 @@ class CaseStatusChanged(Strict):
     leika_key: LeikaKey | None = None
     destination_id: UUID | None = None
     outcome: Outcome | None = None
-    message: Annotated[str, Field(max_length=5000)] | None = None
+    message: Annotated[Lines, Field(max_length=5000)] | None = None
     problems: list[Problem] = Field(default_factory=list)
     changed_at: datetime
 

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict
 from pydantic import Field as PydanticField
 from sqlmodel import Column, Field, SQLModel, String, Text
 
-from shared.events import Applicant, CaseStatus, LeikaKey, Region
+from shared.events import Applicant, CaseStatus, FormData, LeikaKey, Region
 
 
 def _now() -> datetime:
@@ -124,7 +124,7 @@ class ApplicationCreate(BaseModel):
     leika_key: LeikaKey
     region: Region
     applicant: Applicant
-    form: dict[str, object]
+    form: FormData
     attachments: list[UUID] = PydanticField(default_factory=list, max_length=50)
 
 

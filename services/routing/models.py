@@ -15,6 +15,8 @@ from shared.events import (
     Authority,
     CaseStatus,
     LeikaKey,
+    Line,
+    Lines,
     Outcome,
     Problem,
     Region,
@@ -246,7 +248,7 @@ class WebhookIn(BaseModel):
 
     url: HttpUrl
     # Omit it to keep the stored secret (the API never answers it, so a client cannot send it back).
-    secret: str | None = PydField(default=None, min_length=16, max_length=500)
+    secret: Line | None = PydField(default=None, min_length=16, max_length=500)
 
     @field_validator("url")
     @classmethod
@@ -261,7 +263,7 @@ class DestinationIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = PydField(min_length=1, max_length=200)
+    name: Line = PydField(min_length=1, max_length=200)
     authority_ars: str = PydField(pattern=r"^(\d{2}|\d{5}|\d{9}|\d{12})$",
                                   description="ARS of the authority served: 2, 5, 9 or 12 digits")
     leika_keys: list[LeikaKey] = PydField(default_factory=list, description="services served; empty: all")
@@ -363,7 +365,7 @@ class StatusReport(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     status: ReportedStatus
-    message: str | None = PydField(default=None, min_length=1, max_length=5000,
+    message: Lines | None = PydField(default=None, min_length=1, max_length=5000,
                                    description="To the applicant; required for information_requested and decided")
     outcome: Outcome | None = PydField(default=None, description="Required for decided, refused otherwise")
     problems: list[Problem] = PydField(default_factory=list, max_length=100,

@@ -122,12 +122,32 @@ async def test_refuses_bad_requests_with_problem_details(settings: Settings, kaf
         pointers = {e["pointer"] for e in problem["errors"]}
         assert "#/region/ags" in pointers
         assert "erika" not in invalid.text.lower()  # input is never echoed
+        for field, text in (("name", "Erika\x00Mustermann"), ("name", "Erika\nMustermann")):
+            control = application_body()
+            control["applicant"][field] = text
+            refused = await client.post("/v1/applications", json=control, headers=auth(portal, f"ctl-{text!r}"))
+            assert refused.status_code == 422
+            assert [e["pointer"] for e in refused.json()["errors"]] == [f"#/applicant/{field}"]
 
         bad_form = application_body()
         bad_form["form"] = {"unexpected": True}
         form_problem = await client.post("/v1/applications", json=bad_form, headers=auth(portal, "c"))
         assert form_problem.status_code == 422
         assert all(e["pointer"].startswith("#/form") for e in form_problem.json()["errors"])
+
+        # Nested beyond what the schema validator and the serialisers take (they give up near 255 levels): a 422.
+        deep_form = application_body()
+        for _ in range(300):
+            deep_form["form"] = {"nested": deep_form["form"]}
+        too_deep = await client.post("/v1/applications", json=deep_form, headers=auth(portal, "e"))
+        assert too_deep.status_code == 422
+        assert [e["pointer"] for e in too_deep.json()["errors"]] == ["#/form"]
+        deep_form["form"] = {}
+        for _ in range(events.MAX_FORM_DEPTH - 1):  # as deep as allowed: the form's own schema decides
+            deep_form["form"] = {"nested": deep_form["form"]}
+        deep_enough = await client.post("/v1/applications", json=deep_form, headers=auth(portal, "f"))
+        assert deep_enough.status_code == 422
+        assert all(e["code"] != "value_error" for e in deep_enough.json()["errors"])
 
         unknown_service = application_body()
         unknown_service["leika_key"] = "99999999999999"

@@ -54,6 +54,9 @@ async def test_destination_registry(tmp_path: Path, kafka_settings: KafkaSetting
         assert (await client.put(url, json=body, headers=bearer(portal))).status_code == 403
         insecure = {**body, "webhook": {"url": "http://example.org/ozg", "secret": "s3cret-s3cret-s3cret"}}
         assert (await client.put(url, json=insecure, headers=bearer(operator))).status_code == 422
+        nul_secret = {**body, "webhook": {**body["webhook"], "secret": "s3cret\x00s3cret-s3cret"}}
+        for control in ({**body, "name": "Landratsamt\x00"}, nul_secret):
+            assert (await client.put(url, json=control, headers=bearer(operator))).status_code == 422
 
         created = await client.put(url, json=body, headers=bearer(operator))
         assert created.status_code == 201, created.text
@@ -78,6 +81,14 @@ async def test_destination_registry(tmp_path: Path, kafka_settings: KafkaSetting
         stored = RoutingStore(service.engine).destination(destination_id)
         assert stored is not None
         assert stored.webhook_secret == "s3cret-s3cret-s3cret"
+        # Not for another webhook: the previous receiver's secret must not sign for a new one.
+        moved = {**body, "webhook": {"url": "https://elsewhere.example.org/ozg"}}
+        refused = await client.put(url, json=moved, headers=bearer(operator))
+        assert refused.status_code == 422
+        assert refused.json()["errors"][0]["pointer"] == "#/webhook/secret"
+        unchanged = RoutingStore(service.engine).destination(destination_id)
+        assert unchanged is not None
+        assert unchanged.webhook_url == "https://fachverfahren.example.org/ozg"
 
         assert (await client.delete(url, headers=bearer(operator))).status_code == 204
         missing = await client.get(url, headers=bearer(operator))
@@ -143,6 +154,9 @@ async def test_clearing(tmp_path: Path, kafka_settings: KafkaSettings) -> None:
         listing = await client.get("/v1/clearing", headers=bearer(operator))
         assert "Erika" not in listing.text  # no personal data in the list
         assert (await client.get("/v1/clearing")).status_code == 401
+        for listing_url in ("/v1/clearing", "/v1/clearing/webhooks"):  # an offset beyond 64 bits: 422, never 500
+            assert (await client.get(f"{listing_url}?offset={2**63}", headers=bearer(operator))).status_code == 422
+            assert (await client.get(f"{listing_url}?offset={2**63 - 1}", headers=bearer(operator))).status_code == 200
 
         url = f"/v1/clearing/{no_destination.case_id}"
         routed = await client.post(url, headers=bearer(operator), json={"destination_id": LANDRATSAMT_KELHEIM})

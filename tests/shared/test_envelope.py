@@ -49,6 +49,14 @@ def test_data_already_serialised_goes_out_as_it_is() -> None:
         ({}, b"[1, 2]", "must be a JSON object"),
         ({}, b"\xff\xfe", "not JSON at all"),
         ({}, b"{broken", "not JSON at all"),
+        # Longer than the services' columns take, or with control characters (CloudEvents' String type has none,
+        # and PostgreSQL stores no NUL): a poison message, not a database error that holds a consumer up.
+        ({"ce_id": "x" * 201}, b"{}", "ce_id is longer than 200"),
+        ({"ce_type": "t" * 101}, b"{}", "ce_type is longer than 100"),
+        ({"ce_source": "/s" * 101}, b"{}", "ce_source is longer than 200"),
+        ({"ce_subject": "c" * 201}, b"{}", "ce_subject is longer than 200"),
+        ({"ce_id": "a\x00b"}, b"{}", "ce_id .* control characters"),
+        ({"ce_source": "/s\n"}, b"{}", "ce_source .* control characters"),
     ],
 )
 def test_rejects_what_is_not_a_cloudevent(headers: dict[str, str], value: bytes, message: str) -> None:
@@ -58,6 +66,14 @@ def test_rejects_what_is_not_a_cloudevent(headers: dict[str, str], value: bytes,
     merged = {} if message.startswith("missing") else {**base, **headers}
     with pytest.raises(InvalidEvent, match=message):
         parse_event([(k, v.encode()) for k, v in merged.items()], value)
+
+
+def test_attributes_as_long_as_the_columns_take_are_read() -> None:
+    event = build_event(event_type="t" * 100, source="s" * 200, subject="c" * 200, event_id="i" * 200,
+                        data=b"{}")
+    envelope = parse_event([(k, v.encode()) for k, v in event.headers.items()], event.value)
+    assert (len(envelope.id), len(envelope.type), len(envelope.source), len(envelope.subject or "")) == (
+        200, 100, 200, 200)
 
 
 def test_schema_mismatch_names_fields_but_not_values() -> None:
