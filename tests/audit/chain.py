@@ -40,6 +40,7 @@ def drop_guards(engine: Engine) -> None:
         else:
             connection.execute(text("DROP TRIGGER audit_entries_no_update"))
             connection.execute(text("DROP TRIGGER audit_entries_no_delete"))
+            connection.execute(text("DROP TRIGGER audit_entries_no_replace"))
 
 
 def fill(store: AuditStore, count: int) -> list[dict[str, Any]]:
@@ -55,3 +56,4 @@ def drop_checkpoint_guards(engine: Engine) -> None:
         else:
             connection.execute(text("DROP TRIGGER audit_checkpoints_no_update"))
             connection.execute(text("DROP TRIGGER audit_checkpoints_no_delete"))
+            connection.execute(text("DROP TRIGGER audit_checkpoints_no_replace"))

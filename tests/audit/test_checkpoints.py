@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import Engine, delete, select, text, update
+from sqlalchemy import Engine, delete, insert, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError
 
 from services.audit.models import CHECKPOINTS, ENTRIES
@@ -99,6 +100,14 @@ def test_triggers_refuse_update_and_delete_of_checkpoints(store: AuditStore, eng
             with pytest.raises(DBAPIError, match="append-only"):
                 connection.execute(text("TRUNCATE audit_checkpoints"))
             connection.rollback()
+        row = {**dict(connection.execute(select(CHECKPOINTS)).mappings().one()), "signature": "00" * 64}
+        replace = pg_insert(CHECKPOINTS).values(row)
+        replacing = (insert(CHECKPOINTS).values(row).prefix_with("OR REPLACE") if engine.dialect.name == "sqlite"
+                     else replace.on_conflict_do_update(index_elements=["seq"],
+                                                        set_={"signature": replace.excluded.signature}))
+        with pytest.raises(DBAPIError, match="append-only"):
+            connection.execute(replacing)
+        connection.rollback()
     assert [c.seq for c in store.checkpoints()] == [3]
     assert store.verify().intact
 

@@ -14,7 +14,8 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import Engine, MetaData, delete, select, text, update
+from sqlalchemy import Engine, MetaData, delete, insert, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError
 
 from services.audit.app import MIGRATIONS
@@ -141,6 +142,20 @@ def test_triggers_refuse_update_and_delete(store: AuditStore, engine: Engine) ->
         if engine.dialect.name == "postgresql":
             with pytest.raises(DBAPIError, match="append-only"):
                 connection.execute(text("TRUNCATE audit_entries"))
+            connection.rollback()
+        # An insert that would replace a row: SQLite's REPLACE deletes without firing DELETE triggers, PostgreSQL's
+        # ON CONFLICT DO UPDATE is an update. Both keys of the table: seq and event_id.
+        for clash in ("seq", "event_id"):
+            row = dict(connection.execute(select(ENTRIES).where(ENTRIES.c.seq == 1)).mappings().one())
+            row["status"] = "closed"
+            if clash == "event_id":
+                row["seq"] = 3
+            replace = pg_insert(ENTRIES).values(row)
+            replacing = (insert(ENTRIES).values(row).prefix_with("OR REPLACE") if engine.dialect.name == "sqlite"
+                         else replace.on_conflict_do_update(index_elements=[clash],
+                                                            set_={"status": replace.excluded.status}))
+            with pytest.raises(DBAPIError, match="append-only"):
+                connection.execute(replacing)
             connection.rollback()
         assert connection.scalar(select(ENTRIES.c.status).where(ENTRIES.c.seq == 1)) == "routed"
     assert store.verify().length == 2
