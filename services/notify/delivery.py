@@ -197,6 +197,10 @@ class Deliverer:
         expired = await anyio.to_thread.run_sync(self.store.expired_contacts, cutoff)
         for case_id in expired:
             await anyio.to_thread.run_sync(self.store.delete_contact, case_id, now)
+        dropped = await anyio.to_thread.run_sync(self.store.drop_parked, cutoff, now)
+        if dropped:
+            log.warning("parked events dropped after retention: their cases' submitted events never came",
+                        extra={"events": dropped})
         published = 0
         for deletion in await anyio.to_thread.run_sync(self.store.unpublished_deletions):
             data = PersonalDataDeleted(
@@ -210,7 +214,9 @@ class Deliverer:
                 event_type=events.PERSONAL_DATA_DELETED_V1,
                 source=SOURCE,
                 subject=str(deletion.case_id),
-                event_id=derived_event_id(str(deletion.case_id), events.PERSONAL_DATA_DELETED_V1, "notify"),
+                # One id per deletion (a case's parked message may be deleted before its contact is).
+                event_id=derived_event_id(str(deletion.case_id), events.PERSONAL_DATA_DELETED_V1,
+                                          f"notify|{deletion.deleted_at.isoformat()}"),
                 data=data,
             )
             await publish(self.broker, topics.DELETIONS, event)

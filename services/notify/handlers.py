@@ -152,6 +152,9 @@ class Notifier:
             if await anyio.to_thread.run_sync(self.store.processed, envelope.id):
                 # A redelivery after the contact was deleted (retention): it took effect long ago.
                 return
+            if await anyio.to_thread.run_sync(self.store.pass_over_deleted, trigger.case_id, envelope.id):
+                # An event after the retention deleted the case's data: nobody to tell, and nothing to keep.
+                return
             # The submitted event travels on another topic and may come later: park this one until it does.
             await anyio.to_thread.run_sync(self.store.park, parked_event(envelope, trigger.case_id))
             return

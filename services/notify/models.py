@@ -127,7 +127,8 @@ class Deletion(SQLModel, table=True):
 
 class ParkedEvent(SQLModel, table=True):
     """An event that arrived before the submitted event of its case (different topics, so no order between
-    them): kept until the contact is known, then handled in arrival order. Holds no personal data."""
+    them): kept until the contact is known, then handled in arrival order. ``data`` may hold a message to the
+    applicant: deleted with the contact, or after the retention period if the contact never comes."""
 
     __tablename__ = "parked_events"
 

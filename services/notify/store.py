@@ -4,12 +4,13 @@ The operations every event goes through (contact lookup, claim, attempt, outcome
 on a connection: an ORM session, identity map and flush per call cost several times the database work itself.
 """
 
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Connection, Engine, Row, Table, bindparam, insert, update
+from sqlalchemy import Connection, Engine, Row, Table, bindparam, delete, insert, update
 from sqlalchemy import select as core_select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
@@ -299,14 +300,48 @@ class NotifyStore:
             )
 
     def delete_contact(self, case_id: UUID, now: datetime) -> None:
-        """Delete a case's contact data and record the deletion for publishing, in one transaction."""
+        """Delete a case's contact data, and any event still parked for it (a message to the applicant may be in
+        it), and record the deletion for publishing, in one transaction."""
         with self._session() as session:
             contact = session.get(Contact, case_id)
             if contact is None:
                 return
-            session.add(Deletion(case_id=case_id, categories=",".join(contact.categories()), deleted_at=now))
+            categories = contact.categories()
+            earlier = session.get(Deletion, case_id)
+            if earlier is not None:
+                # The case's parked message was deleted before (its contact came later still): a second deletion.
+                session.delete(earlier)
+                session.flush()
+                categories += [c for c in earlier.categories.split(",") if c and c not in categories]
+            session.add(Deletion(case_id=case_id, categories=",".join(categories), deleted_at=now))
             session.delete(contact)
+            session.execute(delete(PARKED).where(PARKED.c.case_id == case_id))
             session.commit()
+
+    def drop_parked(self, cutoff: datetime, now: datetime) -> int:
+        """Delete the events parked before ``cutoff``, whose case's submitted event never came (dead-lettered, say);
+        each case whose parked events held a message to the applicant gets a deletion to publish. Returns how many
+        events were deleted."""
+        with self._session() as session:
+            stale = session.exec(select(ParkedEvent).where(col(ParkedEvent.parked_at) <= cutoff)).all()
+            cases = {event.case_id for event in stale if json.loads(event.data).get("message") is not None}
+            for case_id in cases:
+                if session.get(Deletion, case_id) is None:
+                    session.add(Deletion(case_id=case_id, categories="message", deleted_at=now))
+            for event in stale:
+                session.delete(event)
+            session.commit()
+            return len(stale)
+
+    def pass_over_deleted(self, case_id: UUID, event_id: str) -> bool:
+        """If the case's personal data was deleted after its retention, record ``event_id`` as processed without a
+        message and return True; otherwise change nothing and return False."""
+        with self._session() as session:
+            if session.get(Deletion, case_id) is None:
+                return False
+            first_delivery(session, self.CONSUMER, event_id)
+            session.commit()
+            return True
 
     def unpublished_deletions(self, limit: int = 100) -> list[Deletion]:
         """Deletions whose event has not gone out yet."""

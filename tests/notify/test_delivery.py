@@ -249,6 +249,40 @@ async def test_every_message_reaches_a_real_smtp_server_in_german_and_english(
             assert all(service in m.body for m in received)
 
 
+async def test_parked_messages_are_deleted_after_retention_and_none_parked_after_the_contact_went(
+    database_url: str, kafka_settings: KafkaSettings, mailbox: Mailbox
+) -> None:
+    """An event parked for a case whose submitted event never comes holds a message to the applicant: deleted after
+    the retention period, and the deletion published. An event for a case whose contact is gone is not parked."""
+    never_submitted, closed = Case(), Case()
+    async with notify(kafka_settings, database_url, mailbox.port, retention_days=1 / 86400,
+                      retention_interval_s=0.05) as (service, _):
+        store = NotifyStore(service.engine)
+        await send(kafka_settings, topics.SUBMITTED, closed.submitted())
+        await send(kafka_settings, topics.CASE_STATUS, closed.status(CaseStatus.CLOSED))
+        await mail_about(mailbox, closed.reference, 2)
+        await consume(kafka_settings, topics.DELETIONS, 1,
+                      predicate=lambda r: header(r, "ce_subject") == str(closed.case_id))
+
+        asked = never_submitted.status(CaseStatus.INFORMATION_REQUESTED, message="Bitte Lohnzettel nachreichen")
+        await send(kafka_settings, topics.CASE_STATUS, asked)
+        [record] = await consume(kafka_settings, topics.DELETIONS, 1,
+                                 predicate=lambda r: header(r, "ce_subject") == str(never_submitted.case_id))
+        deleted = parse_event(record.headers, record.value, record.key).data_as(PersonalDataDeleted)
+        assert (deleted.service, deleted.categories, deleted.reason) == ("notify", ["message"], "retention")
+        assert await anyio.to_thread.run_sync(store.parked, never_submitted.case_id) == []
+
+        # After its contact went: consumed, not parked (nobody to tell), and nothing sent.
+        late = [closed.status(CaseStatus.INFORMATION_REQUESTED, message="Noch eine Frage"),
+                never_submitted.status(CaseStatus.CLOSED)]
+        for event in late:
+            await send(kafka_settings, topics.CASE_STATUS, event)
+        await wait_until(lambda: all(store.processed(event.headers["ce_id"]) for event in late))
+        for case in (closed, never_submitted):
+            assert await anyio.to_thread.run_sync(store.parked, case.case_id) == []
+        assert len(mailbox.about(closed.reference)) == 2
+
+
 async def test_contact_data_is_deleted_after_retention_and_the_deletion_published(
     database_url: str, kafka_settings: KafkaSettings, mailbox: Mailbox
 ) -> None:
