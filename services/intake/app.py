@@ -14,6 +14,7 @@ from services.intake.attachments import sweep_job
 from services.intake.blobs import BlobStore, LocalBlobStore, S3BlobStore
 from services.intake.publishing import SubmissionPublisher, outbox_job
 from services.intake.ratelimit import RateLimiter, RateLimitHeaders
+from services.intake.retention import Retention
 from services.intake.settings import Settings
 from services.intake.store import IntakeStore
 from services.intake.writer import SubmissionWriter
@@ -66,6 +67,8 @@ def build(settings: Settings | None = None) -> tuple[Service, FastAPI]:
         outbox_job(store, publisher, backlog, settings.outbox_after_s, settings.outbox_interval_s))
     service.background.append(sweep_job(store, blobs, settings.unreferenced_attachment_ttl_s,
                                         settings.attachment_sweep_interval_s))
+    retention = Retention(store, blobs, service.broker, settings.retention_days, service.registry)
+    service.background.append(retention.job(settings.retention_interval_s))
     app = service.create_app(
         title="OZG intake",
         description="Accepts applications (Anträge) from portals and citizens' offices and answers status queries.",

@@ -47,6 +47,10 @@ class Settings(ServiceSettings):
     max_application_attachment_bytes: int = Field(default=50 * 1024 * 1024, ge=1)
     unreferenced_attachment_ttl_s: float = Field(default=24 * 3600, gt=0)
     attachment_sweep_interval_s: float = Field(default=600, gt=0)
+    # SPEC §7: a case's attachments and the messages to the applicant in its history are deleted this long after
+    # the case ended (closed, withdrawn, rejected), checked every retention_interval_s.
+    retention_days: float = Field(default=30.0, ge=0)
+    retention_interval_s: float = Field(default=3600.0, gt=0)
 
     # Per-client rate limit on submit, status and attachments, in the ``limits`` notation ("600/minute",
     # "10/second", "1000 per hour"). Counted in this process's memory: each replica limits on its own.

@@ -16,6 +16,10 @@ from services.intake.models import Attachment, Case, CaseHistory, CasePublic, Ca
 from shared.db import table_of
 from shared.events import ENDED_STATUSES, CaseStatus
 from shared.idempotency import claim_batch
+from shared.retention import record_deletion
+
+# A history entry's detail is a back office's message to the applicant, except for ``routed``: the authority's name.
+_MESSAGE = (col(CaseHistory.status) != CaseStatus.ROUTED) & col(CaseHistory.detail).is_not(None)
 
 # Crockford's base32 without I, L, O, U: no two characters a clerk reading aloud could confuse.
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -372,3 +376,36 @@ class IntakeStore:
             )
             session.commit()
             return bool(result.rowcount)
+
+    def expired_cases(self, cutoff: datetime, limit: int = 100) -> list[UUID]:
+        """Cases that ended before ``cutoff`` and still hold personal data: attachments, or a back office's message
+        to the applicant in their history."""
+        with Session(self.engine) as session:
+            with_attachments = select(Attachment.case_id).where(col(Attachment.case_id).is_not(None))
+            with_messages = select(CaseHistory.case_id).where(_MESSAGE)
+            return list(session.exec(
+                select(Case.case_id)
+                .where(col(Case.status).in_(ENDED_STATUSES), col(Case.updated_at) <= cutoff,
+                       col(Case.case_id).in_(with_attachments) | col(Case.case_id).in_(with_messages))
+                .limit(limit)
+            ).all())
+
+    def case_attachments(self, case_id: UUID) -> list[UUID]:
+        """The attachments of a case."""
+        with Session(self.engine) as session:
+            return list(session.exec(select(Attachment.attachment_id).where(Attachment.case_id == case_id)).all())
+
+    def erase(self, case_id: UUID, now: datetime) -> list[str]:
+        """Delete the case's attachment records and the messages in its history, and record the deletion for
+        publishing, in one transaction; returns the categories deleted. The blobs must be gone already."""
+        with Session(self.engine) as session:
+            attachments = session.exec(delete(Attachment).where(col(Attachment.case_id) == case_id))
+            messages = session.exec(update(CaseHistory).where(col(CaseHistory.case_id) == case_id, _MESSAGE)
+                                    .values(detail=None))
+            categories = [name for name, count in (("attachments", attachments.rowcount),
+                                                   ("messages", messages.rowcount)) if count]
+            if categories:
+                record_deletion(session, case_id, categories, now)
+            session.commit()
+            return categories
+

@@ -28,12 +28,15 @@ from services.notify.store import Attempt, NotifyStore
 from shared import events, topics
 from shared.backoff import delay_s
 from shared.envelope import build_event, derived_event_id
-from shared.events import NotificationOutcome, PersonalDataDeleted, ReplyChannel
+from shared.events import NotificationOutcome, ReplyChannel
 from shared.kafka import EventBroker, publish
+from shared.retention import DeletionPublisher
 
 log = logging.getLogger(__name__)
 
 SOURCE = "/ozg/notify"
+# Contacts looked up at a time by the retention round.
+RETENTION_PAGE = 100
 INTERRUPTED = "delivery interrupted before its outcome was recorded; not sent again"
 NO_CONTACT = "contact data no longer held"
 
@@ -72,6 +75,7 @@ class Deliverer:
         self.broker = broker
         self.store = store
         self.settings = settings
+        self.deletion_publisher = DeletionPublisher(store.engine, broker, settings.service_name)
         self.channels = channels
         self.limits = {
             ReplyChannel.EMAIL: TokenBucket(settings.rate_email_per_s),
@@ -194,34 +198,16 @@ class Deliverer:
         """Delete the contacts whose retention period ran out, and publish each deletion; returns how many."""
         now = now_utc()
         cutoff = now - timedelta(days=self.settings.retention_days)
-        expired = await anyio.to_thread.run_sync(self.store.expired_contacts, cutoff)
-        for case_id in expired:
-            await anyio.to_thread.run_sync(self.store.delete_contact, case_id, now)
+        while True:  # in pages, until none is left: more cases may end in a day than one page holds
+            expired = await anyio.to_thread.run_sync(self.store.expired_contacts, cutoff, RETENTION_PAGE)
+            for case_id in expired:
+                await anyio.to_thread.run_sync(self.store.delete_contact, case_id, now)
+            if len(expired) < RETENTION_PAGE:
+                break
         dropped = await anyio.to_thread.run_sync(self.store.drop_parked, cutoff, now)
         if dropped:
             log.warning("parked events dropped after retention: their cases' submitted events never came",
                         extra={"events": dropped})
-        published = 0
-        for deletion in await anyio.to_thread.run_sync(self.store.unpublished_deletions):
-            data = PersonalDataDeleted(
-                case_id=deletion.case_id,
-                service=self.settings.service_name,
-                categories=[c for c in deletion.categories.split(",") if c],
-                deleted_at=deletion.deleted_at,
-                reason="retention",
-            )
-            event = build_event(
-                event_type=events.PERSONAL_DATA_DELETED_V1,
-                source=SOURCE,
-                subject=str(deletion.case_id),
-                # One id per deletion (a case's parked message may be deleted before its contact is).
-                event_id=derived_event_id(str(deletion.case_id), events.PERSONAL_DATA_DELETED_V1,
-                                          f"notify|{deletion.deleted_at.isoformat()}"),
-                data=data,
-            )
-            await publish(self.broker, topics.DELETIONS, event)
-            await anyio.to_thread.run_sync(self.store.mark_deletion_published, deletion.case_id, now_utc())
-            self.deletions.inc()
-            published += 1
-            log.info("contact data deleted after retention", extra={"case_id": str(deletion.case_id)})
+        published = await self.deletion_publisher.publish_pending()
+        self.deletions.inc(published)
         return published

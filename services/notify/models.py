@@ -110,21 +110,6 @@ class Notification(SQLModel, table=True):
     language: str | None = Field(default=None, max_length=2)
 
 
-class Deletion(SQLModel, table=True):
-    """A case whose contact data was deleted after the retention period, and whether that was published.
-
-    The deletion event goes out from here (an outbox), so a crash between the delete and the publish loses
-    nothing. No personal data: the case id, the categories deleted and when.
-    """
-
-    __tablename__ = "deletions"
-
-    case_id: UUID = Field(primary_key=True)
-    categories: str = Field(max_length=200)
-    deleted_at: datetime = Field(default_factory=_now)
-    published_at: datetime | None = None
-
-
 class ParkedEvent(SQLModel, table=True):
     """An event that arrived before the submitted event of its case (different topics, so no order between
     them): kept until the contact is known, then handled in arrival order. ``data`` may hold a message to the

@@ -19,7 +19,6 @@ from services.notify.messages import Message
 from services.notify.models import (
     FINAL_STATUSES,
     Contact,
-    Deletion,
     Notification,
     NotificationPublic,
     NotificationStatus,
@@ -28,6 +27,7 @@ from services.notify.models import (
 from shared.db import table_of
 from shared.envelope import derived_event_id
 from shared.idempotency import ProcessedEvent, first_delivery
+from shared.retention import record_deletion, was_deleted
 
 OPEN_STATUSES = (NotificationStatus.PENDING, NotificationStatus.SENDING)
 
@@ -306,14 +306,7 @@ class NotifyStore:
             contact = session.get(Contact, case_id)
             if contact is None:
                 return
-            categories = contact.categories()
-            earlier = session.get(Deletion, case_id)
-            if earlier is not None:
-                # The case's parked message was deleted before (its contact came later still): a second deletion.
-                session.delete(earlier)
-                session.flush()
-                categories += [c for c in earlier.categories.split(",") if c and c not in categories]
-            session.add(Deletion(case_id=case_id, categories=",".join(categories), deleted_at=now))
+            record_deletion(session, case_id, contact.categories(), now)
             session.delete(contact)
             session.execute(delete(PARKED).where(PARKED.c.case_id == case_id))
             session.commit()
@@ -326,8 +319,8 @@ class NotifyStore:
             stale = session.exec(select(ParkedEvent).where(col(ParkedEvent.parked_at) <= cutoff)).all()
             cases = {event.case_id for event in stale if json.loads(event.data).get("message") is not None}
             for case_id in cases:
-                if session.get(Deletion, case_id) is None:
-                    session.add(Deletion(case_id=case_id, categories="message", deleted_at=now))
+                if not was_deleted(session, case_id):
+                    record_deletion(session, case_id, ["message"], now)
             for event in stale:
                 session.delete(event)
             session.commit()
@@ -337,26 +330,11 @@ class NotifyStore:
         """If the case's personal data was deleted after its retention, record ``event_id`` as processed without a
         message and return True; otherwise change nothing and return False."""
         with self._session() as session:
-            if session.get(Deletion, case_id) is None:
+            if not was_deleted(session, case_id):
                 return False
             first_delivery(session, self.CONSUMER, event_id)
             session.commit()
             return True
-
-    def unpublished_deletions(self, limit: int = 100) -> list[Deletion]:
-        """Deletions whose event has not gone out yet."""
-        with self._session() as session:
-            return list(
-                session.exec(select(Deletion).where(col(Deletion.published_at).is_(None)).limit(limit)).all()
-            )
-
-    def mark_deletion_published(self, case_id: UUID, now: datetime) -> None:
-        """Note that the deletion event is on the deletions topic."""
-        with self._session() as session:
-            deletion = session.get_one(Deletion, case_id)
-            deletion.published_at = now
-            session.add(deletion)
-            session.commit()
 
     def for_case(self, case_id: UUID) -> list[NotificationPublic] | None:
         """A case's notifications, oldest first; None if notify knows nothing of the case."""

@@ -21,7 +21,17 @@ from services.intake.models import Attachment
 from services.intake.settings import Settings
 from shared import events, topics
 from shared.envelope import build_event, parse_event
-from shared.events import ApplicationRouted, ApplicationSubmitted, Authority, AuthorityLevel, ClientKind, ResolvedRegion
+from shared.events import (
+    ApplicationRouted,
+    ApplicationSubmitted,
+    Authority,
+    AuthorityLevel,
+    CaseStatus,
+    CaseStatusChanged,
+    ClientKind,
+    PersonalDataDeleted,
+    ResolvedRegion,
+)
 from shared.settings import KafkaSettings
 from tests.factories import WOHNSITZ, application_body
 from tests.intake.conftest import S3_ACCESS_KEY_ID, S3_REGION, S3_SECRET_ACCESS_KEY, S3Bucket
@@ -307,3 +317,66 @@ def test_s3_store_settings_are_checked(tmp_path: Path) -> None:
     assert "hunter2-s3" not in repr(configured)
     assert configured.s3_secret_access_key is not None
     assert configured.s3_secret_access_key.get_secret_value() == "hunter2-s3"
+
+
+async def test_an_ended_cases_attachments_and_messages_are_deleted_after_retention(
+    store_settings: Settings, kafka_settings: KafkaSettings
+) -> None:
+    """SPEC §7: a second's retention. The closed case loses its files and the messages to the applicant in its
+    history, and the deletion is published; the open case keeps everything."""
+    settings = store_settings.model_copy(update={"retention_days": 1 / 86400, "retention_interval_s": 0.05})
+    service, app = build(settings)
+    async with running(service, app) as client:
+        _, portal = await issue_key(kafka_settings, ClientKind.PORTAL, service=service)
+        cases = {}
+        for name in ("closed", "open"):
+            attachment = (await upload(client, portal, PDF)).json()["id"]
+            body = application_body()
+            body["attachments"] = [attachment]
+            answer = (await client.post("/v1/applications", json=body, headers=bearer(portal, name))).json()
+            case_id = uuid.UUID(answer["case_id"])
+            cases[name] = (case_id, attachment)
+            routed = ApplicationRouted(
+                case_id=case_id, reference=answer["reference"], leika_key=WOHNSITZ,
+                region=ResolvedRegion(ars="092730137137", ags="09273137", name="Kelheim, St"),
+                authority=Authority(ars="092730137137", name="Kelheim, St", level=AuthorityLevel.GEMEINDE),
+                rule="default:gemeinde", destination_id=uuid.uuid4(), destination_name="Stadt Kelheim",
+            )
+            later = datetime.now(UTC)
+            statuses = [(events.ROUTED_V1, topics.ROUTED, routed)] + [
+                (events.STATUS_CHANGED_V1, topics.CASE_STATUS,
+                 CaseStatusChanged(case_id=case_id, reference=answer["reference"], status=status, message=message,
+                                   changed_at=later + timedelta(seconds=i)))
+                for i, (status, message) in enumerate([(CaseStatus.RECEIVED, None),
+                                                       (CaseStatus.INFORMATION_REQUESTED, "Bitte Lohnzettel"),
+                                                       *([(CaseStatus.CLOSED, None)] if name == "closed" else [])])
+            ]
+            for i, (event_type, topic, data) in enumerate(statuses):
+                event = build_event(event_type=event_type, source="/test", subject=str(case_id), data=data,
+                                    time=later + timedelta(seconds=i))
+                await produce(kafka_settings, topic, event.value, event.headers, event.key)
+
+        closed_id, closed_attachment = cases["closed"]
+        [record] = await consume(kafka_settings, topics.DELETIONS, 1,
+                                 predicate=lambda r: r.key == str(closed_id).encode())
+        deletion = parse_event(record.headers, record.value, record.key)
+        deleted = deletion.data_as(PersonalDataDeleted)
+        assert (deleted.service, deleted.categories, deleted.reason) == ("intake", ["attachments", "messages"],
+                                                                         "retention")
+        assert deletion.source == "/ozg/intake"
+
+        assert (await client.get(f"/v1/attachments/{closed_attachment}", headers=bearer(portal))).status_code == 404
+        with pytest.raises(Exception):  # noqa: B017, PT011 - each store has its own "not found"
+            [chunk async for chunk in app.state.intake.blobs.read(uuid.UUID(closed_attachment))]
+        history = (await client.get(f"/v1/applications/{closed_id}", headers=bearer(portal))).json()["history"]
+        assert [(h["status"], h["detail"]) for h in history] == [
+            ("submitted", None), ("routed", "Kelheim, St"), ("received", None), ("information_requested", None),
+            ("closed", None)]
+
+        open_id, open_attachment = cases["open"]
+        kept = await client.get(f"/v1/attachments/{open_attachment}", headers=bearer(portal))
+        assert kept.content == PDF
+        open_history = (await client.get(f"/v1/applications/{open_id}", headers=bearer(portal))).json()["history"]
+        assert ("information_requested", "Bitte Lohnzettel") in [(h["status"], h["detail"]) for h in open_history]
+        metrics = (await client.get("/metrics")).text
+        assert "ozg_intake_personal_data_deleted_total 1.0" in metrics

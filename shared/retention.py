@@ -1,0 +1,115 @@
+"""Deleting personal data after its retention period (SPEC §7), and the record that makes each deletion audited.
+
+A service writes a ``Deletion`` in the same transaction as the delete and publishes it from there (an outbox):
+``de.ozg.personal-data.deleted.v1`` on ``ozg.privacy.deletions``, which audit puts in the trail. A crash between the
+delete and the publish loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from uuid import UUID
+
+import anyio.to_thread
+from sqlalchemy import Engine
+from sqlmodel import Field, Session, SQLModel, col, select
+
+from shared import events, topics
+from shared.envelope import build_event, derived_event_id
+from shared.events import PersonalDataDeleted
+from shared.kafka import EventBroker, publish
+
+log = logging.getLogger(__name__)
+
+
+class Deletion(SQLModel, table=True):
+    """A case whose personal data a service deleted after the retention period, and whether that was published.
+
+    No personal data: the case id, the categories deleted and when.
+    """
+
+    __tablename__ = "deletions"
+
+    case_id: UUID = Field(primary_key=True)
+    categories: str = Field(max_length=200)
+    deleted_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    published_at: datetime | None = None
+
+
+def record_deletion(session: Session, case_id: UUID, categories: Sequence[str], now: datetime) -> None:
+    """Record, inside ``session``'s transaction, that ``categories`` of the case's personal data were deleted.
+
+    A case has one row: a later deletion of the same case (what came later still, deleted in turn) replaces it,
+    with the categories of both, to be published anew.
+    """
+    names = list(categories)
+    earlier = session.get(Deletion, case_id)
+    if earlier is not None:
+        session.delete(earlier)
+        session.flush()
+        names += [c for c in earlier.categories.split(",") if c and c not in names]
+    session.add(Deletion(case_id=case_id, categories=",".join(names), deleted_at=now))
+
+
+def was_deleted(session: Session, case_id: UUID) -> bool:
+    """Whether the service deleted personal data of the case after its retention."""
+    return session.get(Deletion, case_id) is not None
+
+
+class DeletionPublisher:
+    """Publishes the recorded deletions that are not on ``ozg.privacy.deletions`` yet."""
+
+    def __init__(self, engine: Engine, broker: EventBroker, service: str) -> None:
+        self.engine = engine
+        self.broker = broker
+        self.service = service
+
+    def _unpublished(self, limit: int) -> list[Deletion]:
+        with Session(self.engine) as session:
+            return list(session.exec(select(Deletion).where(col(Deletion.published_at).is_(None)).limit(limit)))
+
+    def _mark_published(self, deletion: Deletion) -> None:
+        with Session(self.engine) as session:
+            row = session.get(Deletion, deletion.case_id)
+            # Unless a later deletion replaced it meanwhile: that one is still to be published.
+            if row is not None and row.deleted_at == deletion.deleted_at:
+                row.published_at = datetime.now(UTC)
+                session.add(row)
+                session.commit()
+
+    async def publish_pending(self, page: int = 100) -> int:
+        """Publish every recorded deletion not yet published (``page`` at a time), each marked as published once
+        acknowledged; returns how many."""
+        published = 0
+        seen: set[tuple[UUID, datetime]] = set()
+        while True:
+            deletions = [d for d in await anyio.to_thread.run_sync(self._unpublished, page)
+                         if (d.case_id, d.deleted_at) not in seen]
+            if not deletions:  # none left, or only those this round published (a crash would not end it otherwise)
+                return published
+            seen.update((d.case_id, d.deleted_at) for d in deletions)
+            published += await self._publish(deletions)
+
+    async def _publish(self, deletions: list[Deletion]) -> int:
+        published = 0
+        for deletion in deletions:
+            data = PersonalDataDeleted(
+                case_id=deletion.case_id, service=self.service,
+                categories=[c for c in deletion.categories.split(",") if c],
+                deleted_at=deletion.deleted_at, reason="retention",
+            )
+            event = build_event(
+                event_type=events.PERSONAL_DATA_DELETED_V1, source=f"/ozg/{self.service}",
+                subject=str(deletion.case_id),
+                # One id per deletion, the same however often it is published: audit keeps it once.
+                event_id=derived_event_id(str(deletion.case_id), events.PERSONAL_DATA_DELETED_V1,
+                                          f"{self.service}|{deletion.deleted_at.isoformat()}"),
+                data=data,
+            )
+            await publish(self.broker, topics.DELETIONS, event)
+            await anyio.to_thread.run_sync(self._mark_published, deletion)
+            published += 1
+            log.info("personal data deleted after retention", extra={"case_id": str(deletion.case_id)})
+        return published
