@@ -2,9 +2,9 @@
 
 One table names each service's subscriptions; each (service, topic) gets every kind of poison record: invalid JSON,
 no CloudEvents headers, a valid CloudEvent whose data breaks its model, a value longer than
-``OZG_KAFKA_MAX_EVENT_BYTES`` and a header value that is not UTF-8. Each must land in ``<topic>.dlq`` with the
-``x-ozg-dlq-*`` headers and the original value, from that very consumer, and a valid event sent after it (same key,
-so the same partition) must take effect.
+``OZG_KAFKA_MAX_EVENT_BYTES``, a header value that is not UTF-8 and an event id longer than the tables keep. Each
+must land in ``<topic>.dlq`` with the ``x-ozg-dlq-*`` headers and the original value, from that very consumer, and
+a valid event sent after it (same key, so the same partition) must take effect.
 
 The four services run in-process once for the whole module on a broker of its own; all records are sent up front,
 and one reader collects every dead letter, so each case only waits for what concerns it.
@@ -149,6 +149,9 @@ def poison(kind: str, event: OutgoingEvent, max_bytes: int) -> tuple[bytes, Head
     if kind == "huge-value":
         # The valid event itself, only longer (JSON allows the whitespace): too long is all that is wrong with it.
         return event.value + b" " * max_bytes, encoded(event, **fresh)
+    if kind == "overlong-id":
+        # Valid otherwise; longer than any table keeps an event id (on PostgreSQL an insert error, not a dead letter).
+        return event.value, encoded(event, ce_id=f"{uuid.uuid4()}{'x' * 200}")
     if kind == "non-utf8-header":
         headers: Headers = [(name, b"\xff\xfe" if name == "ce_id" else value) for name, value in encoded(event)]
         return event.value, [*headers, ("x-null", None)]
@@ -164,6 +167,7 @@ REASONS = {
     "wrong-schema": "data does not match",
     "huge-value": "more than the limit",
     "non-utf8-header": "not UTF-8",
+    "overlong-id": "ce_id is longer than 200",
 }
 KINDS = tuple(REASONS)
 
