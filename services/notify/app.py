@@ -50,6 +50,7 @@ def build(settings: Settings | None = None) -> tuple[Service, FastAPI]:
             await postfach.aclose()
 
     service.background += [notification_scheduler,
+                           periodic("parked events round", settings.scheduler_interval_s, notifier.handle_stranded),
                            periodic("retention round", settings.retention_interval_s, deliverer.purge)]
     app = service.create_app(
         title="OZG notify",

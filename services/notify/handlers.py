@@ -12,6 +12,7 @@ import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from uuid import UUID
 
 import anyio.to_thread
@@ -166,6 +167,12 @@ class Notifier:
         await self._claim_and_deliver(envelope, trigger, contact)
         if trigger.contact is not None:
             await self._handle_parked(trigger.case_id)
+
+    async def handle_stranded(self) -> None:
+        """Handle the events still parked ``NOTIFY_PARKED_GRACE_S`` after their case's contact became known."""
+        before = now_utc() - timedelta(seconds=self.settings.parked_grace_s)
+        for case_id in await anyio.to_thread.run_sync(self.store.stranded_parked, before):
+            await self._handle_parked(case_id)
 
     async def _handle_parked(self, case_id: UUID) -> None:
         """Handle the events that arrived before the case's submitted event, in their order of arrival."""

@@ -45,6 +45,9 @@ class Settings(ServiceSettings):
     retry_backoff_max_s: float = Field(default=3600.0, ge=0)
     # How often the background job looks for due retries, lapsed attempts and unpublished outcomes.
     scheduler_interval_s: float = Field(default=5.0, gt=0)
+    # An event parked this long although its case's contact is known was missed (a race between replicas, a stop
+    # before unparking): the scheduler handles it then.
+    parked_grace_s: float = Field(default=60.0, gt=0)
     # How long one attempt may hold a notification; one still "sending" after this was interrupted (a crash).
     attempt_lease_s: float = Field(default=120.0, gt=0)
 

@@ -364,6 +364,17 @@ class NotifyStore:
         with self.engine.connect() as connection:
             return [ParkedEvent(**row._mapping) for row in connection.execute(_PARKED, {"w_case_id": case_id})]
 
+    def stranded_parked(self, before: datetime, limit: int = 100) -> list[UUID]:
+        """Cases with events parked before ``before`` although their contact is known: the look at the parked
+        events that follows a receipt missed them (another replica parked one just after it, or the process stopped
+        before unparking)."""
+        with self.engine.connect() as connection:
+            return list(connection.scalars(
+                core_select(PARKED.c.case_id).distinct()
+                .where(PARKED.c.parked_at <= before, PARKED.c.case_id.in_(core_select(CONTACTS.c.case_id)))
+                .limit(limit)
+            ))
+
     def unpark(self, event_id: str) -> None:
         """Forget a parked event once it has been handled."""
         with self._session() as session:

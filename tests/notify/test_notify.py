@@ -15,12 +15,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
 import httpx
 import pytest
 from aiokafka import ConsumerRecord
 
 from deploy.local.broker import free_port
 from services.notify.app import build
+from services.notify.handlers import parked_event
 from services.notify.settings import Settings
 from services.notify.store import NotifyStore
 from shared import events, topics
@@ -316,6 +318,28 @@ async def test_poison_messages_are_dead_lettered_and_the_consumer_keeps_going(
         assert {header(r, "x-ozg-dlq-error") for r in dead} == {"InvalidEvent"}
         assert {header(r, "x-ozg-dlq-consumer") for r in dead} == {"notify"}
         assert {r.value for r in dead} == {b'{"case_id": ', b"{}", b'{"hello": "world"}'}
+
+
+async def test_an_event_parked_after_its_contact_came_is_not_left_behind(
+    tmp_path: Path, kafka_settings: KafkaSettings, mailbox: Mailbox
+) -> None:
+    """Another replica parks the routed event just after this one handled the submitted event and looked at the
+    parked events (or the process stopped before unparking): the scheduler handles it once its grace is over."""
+    case = Case()
+    async with notify(kafka_settings, sqlite_url(tmp_path), mailbox.port, parked_grace_s=0.2,
+                      scheduler_interval_s=0.05) as (service, _):
+        await send(kafka_settings, topics.SUBMITTED, case.submitted())
+        await mail_about(mailbox, case.reference)
+        routed = case.routed()
+        envelope = parse_event([(k, v.encode()) for k, v in routed.headers.items()], routed.value)
+        store = NotifyStore(service.engine)
+        await anyio.to_thread.run_sync(store.park, parked_event(envelope, case.case_id))
+        received = await mail_about(mailbox, case.reference, 2)
+        assert len(received) == 2
+        await wait_until(lambda: store.parked(case.case_id) == [])
+        await send(kafka_settings, topics.ROUTED, routed)  # read later all the same: still one message
+        await wait_until(lambda: store.processed(routed.event_id))
+        assert len(mailbox.about(case.reference)) == 2
 
 
 async def test_an_event_that_overtakes_its_submitted_event_waits_for_it(
