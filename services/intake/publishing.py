@@ -13,7 +13,7 @@ import anyio.to_thread
 from services.intake.models import Case, NewCase
 from services.intake.store import IntakeStore
 from shared import events, topics
-from shared.envelope import OutgoingEvent, build_event
+from shared.envelope import OutgoingEvent, build_event, derived_event_id
 from shared.events import ApplicationSubmitted, CaseStatusChanged
 from shared.jobs import periodic
 from shared.kafka import publish
@@ -39,8 +39,13 @@ class BrokerUnavailable(Exception):
 
 
 def withdrawn_event(data: CaseStatusChanged) -> OutgoingEvent:
-    """The ``status-changed`` event of a withdrawal, published by intake itself."""
+    """The ``status-changed`` event of a withdrawal, published by intake itself.
+
+    A case is withdrawn once, so its withdrawal has one event id: two requests at the same moment (both found the
+    case withdrawable) publish the same event twice, and every consumer takes it once.
+    """
     return build_event(event_type=events.STATUS_CHANGED_V1, source=SOURCE, subject=str(data.case_id),
+                       event_id=derived_event_id(str(data.case_id), events.STATUS_CHANGED_V1, "withdrawal"),
                        time=data.changed_at, data=data)
 
 

@@ -284,7 +284,11 @@ class IntakeStore:
     ) -> bool:
         """Apply a status event once; False if it was seen before or the case isn't intake's."""
         change = StatusChange(event_id, case_id, status, at, detail, destination_id)
-        return bool(self.record_statuses([change]))
+        try:
+            return bool(self.record_statuses([change]))
+        except IntegrityError:
+            # Recorded at the same moment by another request or by the consumer reading the event back.
+            return False
 
     def record_statuses(self, changes: Sequence[StatusChange]) -> set[str]:
         """Apply a batch of status events in one transaction, each once and in order; returns the ids of those

@@ -3,6 +3,7 @@ before the answer, recorded once in the case history, refused for decided and fo
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,7 +17,7 @@ from services.intake.app import build
 from services.intake.settings import Settings
 from services.intake.store import IntakeStore
 from shared import events, topics
-from shared.envelope import build_event, parse_event
+from shared.envelope import build_event, derived_event_id, parse_event
 from shared.events import (
     ApplicationRouted,
     Authority,
@@ -119,6 +120,25 @@ async def test_withdrawal_from_routed_is_published_and_recorded_once(
         again = await client.post(f"/v1/applications/{case_id}/withdrawal", headers=bearer(portal))
         assert again.status_code == 409
         assert again.json()["current_status"] == "withdrawn"
+
+
+async def test_two_withdrawals_at_the_same_moment_are_one_withdrawal(
+    settings: Settings, kafka_settings: KafkaSettings
+) -> None:
+    service, app = build(settings)
+    async with running(service, app) as client:
+        _, portal = await issue_key(kafka_settings, ClientKind.PORTAL, service=service)
+        case_id = (await submit(client, portal))["case_id"]
+        url = f"/v1/applications/{case_id}/withdrawal"
+        answers = await asyncio.gather(*(client.post(url, headers=bearer(portal)) for _ in range(2)))
+        assert {a.status_code for a in answers} <= {202, 409}
+        assert 202 in {a.status_code for a in answers}
+        # However many requests got through, their events share one id: every consumer takes it once.
+        records = await consume(kafka_settings, topics.CASE_STATUS, 1, predicate=lambda r: r.key == case_id.encode())
+        envelope = parse_event(records[0].headers, records[0].value, records[0].key)
+        assert envelope.id == derived_event_id(case_id, events.STATUS_CHANGED_V1, "withdrawal")
+        status = (await client.get(f"/v1/applications/{case_id}", headers=bearer(portal))).json()
+        assert [h["status"] for h in status["history"]] == ["submitted", "withdrawn"]
 
 
 async def test_withdrawal_refused_once_decided(settings: Settings, kafka_settings: KafkaSettings) -> None:
