@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import http.server
@@ -10,6 +11,7 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -135,6 +137,17 @@ async def knows(client: httpx.AsyncClient, destination_id: uuid.UUID) -> bool:
     return str(destination_id) in answer.text
 
 
+@contextlib.asynccontextmanager
+async def serving(settings: Settings, destination_id: uuid.UUID,
+                  url: str) -> AsyncIterator[tuple[Service, httpx.AsyncClient]]:
+    """Routing running, with the destination registered to the webhook at ``url`` and known to its API."""
+    service, app = build(settings)
+    async with running(service, app) as client:
+        register(service, destination_id, url)
+        await wait_until(lambda: knows(client, destination_id))
+        yield service, client
+
+
 def delivery_of(service: Service, case_id: uuid.UUID) -> WebhookDelivery | None:
     with Session(service.engine) as session:
         return session.exec(select(WebhookDelivery).where(col(WebhookDelivery.case_id) == case_id)).first()
@@ -156,10 +169,7 @@ async def test_a_500_is_retried_and_the_event_delivered_once_signed(
 ) -> None:
     application = kelheim_application()
     with BackOffice([(500, 0.0), (200, 0.0)], subject=application.case_id) as office:
-        service, app = build(settings)
-        async with running(service, app) as client:
-            register(service, destination_id, office.url)
-            await wait_until(lambda: knows(client, destination_id))
+        async with serving(settings, destination_id, office.url) as (service, client):
             case_id = await submit(kafka_settings, application)
             delivery = await wait_until(lambda: settled(service, case_id))
             assert delivery.status == "delivered"
@@ -197,10 +207,7 @@ async def test_the_answers_body_is_not_read_so_a_broken_one_changes_nothing(
     application = kelheim_application()
     with BackOffice([(200, 0.0)], subject=application.case_id,
                     answer=({"Content-Encoding": "gzip"}, b"not gzip at all")) as office:
-        service, app = build(settings)
-        async with running(service, app) as client:
-            register(service, destination_id, office.url)
-            await wait_until(lambda: knows(client, destination_id))
+        async with serving(settings, destination_id, office.url) as (service, _):
             case_id = await submit(kafka_settings, application)
             delivery = await wait_until(lambda: settled(service, case_id))
             assert delivery.status == "delivered"
@@ -214,10 +221,7 @@ async def test_other_4xx_answers_are_not_retried(
 ) -> None:
     application = kelheim_application()
     with BackOffice([(400, 0.0)], subject=application.case_id) as office:
-        service, app = build(settings)
-        async with running(service, app) as client:
-            register(service, destination_id, office.url)
-            await wait_until(lambda: knows(client, destination_id))
+        async with serving(settings, destination_id, office.url) as (service, client):
             case_id = await submit(kafka_settings, application)
             delivery = await wait_until(lambda: settled(service, case_id))
             assert delivery.status == "failed"
@@ -244,10 +248,7 @@ async def test_a_timeout_is_retried_after_a_restart_of_routing(
                                        "webhook_backoff_max_s": 3600.0})
     application = kelheim_application()
     with BackOffice([(200, 1.0)], subject=application.case_id) as office:
-        service, app = build(slow)
-        async with running(service, app) as client:
-            register(service, destination_id, office.url)
-            await wait_until(lambda: knows(client, destination_id))
+        async with serving(slow, destination_id, office.url) as (service, _):
             case_id = await submit(kafka_settings, application)
 
             def timed_out() -> bool:
@@ -278,10 +279,7 @@ async def test_a_withdrawal_before_routing_reaches_topic_and_webhook_after_the_c
     # The case's first push fails: its withdrawal must wait for the case's retry, never overtake it.
     application = kelheim_application()
     with BackOffice([(500, 0.0)], subject=application.case_id) as office:
-        service, app = build(settings)
-        async with running(service, app) as client:
-            register(service, destination_id, office.url)
-            await wait_until(lambda: knows(client, destination_id))
+        async with serving(settings, destination_id, office.url) as (service, client):
             case_id = application.case_id
             withdrawal = build_event(
                 event_type=events.STATUS_CHANGED_V1, source="/ozg/intake", subject=str(case_id),
