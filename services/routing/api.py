@@ -208,6 +208,10 @@ def create_operator_router(service: Service, state: RoutingState, publisher: Out
             known = await anyio.to_thread.run_sync(store.case, case_id)
             if known is not None and known.status == CaseStatus.ROUTED:
                 raise ProblemException(409, "The case is already routed.", kind="already-routed")
+            if known is not None:  # withdrawn while it waited, say
+                current = CaseStatus(known.status).value
+                raise ProblemException(409, f"The case left clearing: it is {current}.", kind="left-clearing",
+                                       extra={"current_status": current})
             raise ProblemException(404, "No case with this id waits in clearing.", kind="unknown-case")
         destination = await anyio.to_thread.run_sync(store.destination, body.destination_id)
         if destination is None:

@@ -398,7 +398,9 @@ async def test_a_withdrawn_case_leaves_clearing(settings: Settings, kafka_settin
         assert str(case_id) not in [c["case_id"] for c in listed]
         by_hand = await client.post(f"/v1/clearing/{case_id}", headers=bearer(operator),
                                     json={"destination_id": str(STADT_KELHEIM), "region": {"ags": "09273137"}})
-        assert by_hand.status_code == 404
+        assert by_hand.status_code == 409
+        assert (by_hand.json()["type"].endswith("left-clearing"), by_hand.json()["current_status"]) == (
+            True, "withdrawn")
 
 
 async def test_a_withdrawal_during_routing_by_hand_wins(
