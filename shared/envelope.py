@@ -29,7 +29,7 @@ _REQUIRED = ("ce_specversion", "ce_id", "ce_source", "ce_type")
 # own are far shorter. A longer one is a poison message, not a database error on PostgreSQL that stops a consumer.
 MAX_ATTRIBUTE_LENGTHS = {"id": 200, "type": 100, "source": 200, "subject": 200}
 # CloudEvents' String type disallows the control characters (spec, "Type System"); PostgreSQL refuses NUL in text.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class _JSONData(JSONFormat):
@@ -187,9 +187,12 @@ def parse_event(
         raise InvalidEvent("event data must be a JSON object (the value is not one, or not JSON at all)")
     event_id, event_type, source, subject = event.get_id(), event.get_type(), event.get_source(), event.get_subject()
     for name, attribute in (("id", event_id), ("type", event_type), ("source", source), ("subject", subject)):
-        if attribute is not None and (len(attribute) > MAX_ATTRIBUTE_LENGTHS[name] or _CONTROL.search(attribute)):
-            raise InvalidEvent(f"ce_{name} is longer than {MAX_ATTRIBUTE_LENGTHS[name]} characters or holds "
-                               "control characters")
+        if attribute is None:
+            continue
+        if len(attribute) > MAX_ATTRIBUTE_LENGTHS[name]:
+            raise InvalidEvent(f"ce_{name} is longer than {MAX_ATTRIBUTE_LENGTHS[name]} characters")
+        if _CONTROL.search(attribute):
+            raise InvalidEvent(f"ce_{name} holds control characters")
     time = event.get_time() or datetime.now(UTC)
     return Envelope(
         id=event_id,
