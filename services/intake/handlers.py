@@ -32,7 +32,8 @@ def status_of(envelope: Envelope) -> StatusChange:
         return StatusChange(envelope.id, unroutable.case_id, CaseStatus.UNROUTABLE, envelope.time)
     if envelope.type == events.STATUS_CHANGED_V1:
         changed = envelope.data_as(CaseStatusChanged)
-        return StatusChange(envelope.id, changed.case_id, changed.status, envelope.time, changed.message)
+        return StatusChange(envelope.id, changed.case_id, changed.status, envelope.time, changed.message,
+                            previous_status=changed.previous_status)
     raise InvalidEvent(f"intake does not expect {envelope.type}")
 
 

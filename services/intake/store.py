@@ -49,6 +49,13 @@ class StatusChange:
     at: datetime
     detail: str | None = None
     destination_id: UUID | None = None
+    # ``withdrawn`` on routing's answer to a withdrawal that came too late: the status it names stands.
+    previous_status: CaseStatus | None = None
+
+    @property
+    def refuses_withdrawal(self) -> bool:
+        """Whether this is routing's refusal of a withdrawal (the case stays as it is)."""
+        return self.previous_status == CaseStatus.WITHDRAWN and self.status != CaseStatus.WITHDRAWN
 
 
 @dataclass(frozen=True)
@@ -317,8 +324,10 @@ class IntakeStore:
                     continue
                 applied.add(change.event_id)
                 status, updated_at, _ = case
-                if status not in ENDED_STATUSES and (change.status in ENDED_STATUSES
-                                                     or _utc(change.at) >= _utc(updated_at)):
+                # Intake accepted the withdrawal against its own copy of the status, which lagged behind routing's.
+                refused = status == CaseStatus.WITHDRAWN and change.refuses_withdrawal
+                if refused or (status not in ENDED_STATUSES and (change.status in ENDED_STATUSES
+                                                                 or _utc(change.at) >= _utc(updated_at))):
                     case[0], case[1] = change.status, change.at
                 if change.destination_id is not None:
                     case[2] = change.destination_id

@@ -67,6 +67,8 @@ class Trigger:
     authority_name: str | None = None
     # Whether the event ends the case (closed, withdrawn, rejected), starting the retention clock.
     ends_case: bool = False
+    # Whether the event undoes a withdrawal (routing refused it as too late): said even though the case ended.
+    reopens: bool = False
 
 
 def trigger_of(envelope: Envelope) -> Trigger | None:
@@ -97,6 +99,11 @@ def trigger_of(envelope: Envelope) -> Trigger | None:
         return Trigger(case_id=unroutable.case_id, template="unroutable")
     if envelope.type == events.STATUS_CHANGED_V1:
         changed = envelope.data_as(CaseStatusChanged)
+        if changed.previous_status == CaseStatus.WITHDRAWN and changed.status != CaseStatus.WITHDRAWN:
+            # Routing's refusal of a withdrawal that came too late: the confirmation sent before no longer holds.
+            return Trigger(case_id=changed.case_id, template="withdrawal-refused",
+                           context={"status": changed.status.value},
+                           ends_case=changed.status in ENDED_STATUSES, reopens=True)
         if changed.status not in ANNOUNCED_STATUSES:
             return None
         return Trigger(
@@ -161,8 +168,8 @@ class Notifier:
             return
         # The case ended before this event was read (a withdrawal overtook routing's decision, which travels on
         # another topic): "your case is with …" after "your withdrawal is confirmed" would mislead.
-        if (contact.ended_at is not None and not trigger.ends_case and trigger.contact is None
-                and await anyio.to_thread.run_sync(self.store.pass_over, envelope.id)):
+        if (contact.ended_at is not None and not trigger.ends_case and not trigger.reopens
+                and trigger.contact is None and await anyio.to_thread.run_sync(self.store.pass_over, envelope.id)):
             return
         await self._claim_and_deliver(envelope, trigger, contact)
         if trigger.contact is not None:
@@ -199,6 +206,7 @@ class Notifier:
                 new_contact=trigger.contact,
                 authority_name=trigger.authority_name,
                 ended=trigger.ends_case,
+                reopened=trigger.reopens,
             )
             if not isinstance(claim, Claimed):
                 return claim, None

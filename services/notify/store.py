@@ -137,12 +137,14 @@ class NotifyStore:
         new_contact: Contact | None = None,
         authority_name: str | None = None,
         ended: bool = False,
+        reopened: bool = False,
     ) -> Claimed | Seen:
         """Record, in one transaction, that ``event_id`` is processed and that its notification is due now.
 
         ``new_contact`` (from a submitted event) is stored first; ``authority_name`` (from a routed event) is
         remembered on the contact for later messages; ``ended`` (the case closed, was withdrawn or rejected)
-        starts the retention clock. Raises :class:`UnknownContactError` when the case has no contact.
+        starts the retention clock, ``reopened`` (a withdrawal refused, the case goes on) stops it again.
+        Raises :class:`UnknownContactError` when the case has no contact.
         """
         with self.engine.connect() as connection:
             if _processed(connection, self.CONSUMER, event_id):
@@ -159,6 +161,8 @@ class NotifyStore:
                     changes["authority_name"] = authority_name
                 if ended and contact.ended_at is None:
                     changes["ended_at"] = now
+                elif reopened and not ended and contact.ended_at is not None:
+                    changes["ended_at"] = None
                 for name, value in changes.items():
                     setattr(contact, name, value)
                 if stored is None:

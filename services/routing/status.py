@@ -35,7 +35,7 @@ def register(service: Service, publisher: OutboxPublisher, settings: Settings) -
             raise InvalidEvent(f"routing does not expect {envelope.type} on {topics.CASE_STATUS}")
         change = envelope.data_as(CaseStatusChanged)
         if change.status != CaseStatus.WITHDRAWN:
-            return  # the back offices' own reports, published by routing itself
+            return  # the back offices' own reports and refused withdrawals, published by routing itself
         outcome = await anyio.to_thread.run_sync(withdrawals.receive, envelope.id, change)
         if outcome == Withdrawn.EARLY:
             # The dispatcher may have recorded the case since we looked: apply it now rather than at the sweep.
@@ -44,7 +44,7 @@ def register(service: Service, publisher: OutboxPublisher, settings: Settings) -
                 log.info("withdrawal before routing, kept until the case is routed",
                          extra={"case_id": str(change.case_id)})
                 return
-        elif outcome != Withdrawn.APPLIED:
+        elif outcome not in (Withdrawn.APPLIED, Withdrawn.TOO_LATE):
             return
         # Published right away; if the broker is away, the outbox sweep does it (the withdrawal stays applied).
         await publisher.flush(str(change.case_id), timeout_s=settings.status_publish_timeout_s)

@@ -32,6 +32,7 @@ from shared.outbox import stage
 log = logging.getLogger(__name__)
 
 FORWARD = "forward"
+REFUSED = "refused"
 
 # The tables, for the dispatcher's per-batch look-up in SQLAlchemy Core.
 _EARLY, _CASES = table_of(EarlyWithdrawal), table_of(RoutedCase)
@@ -42,7 +43,7 @@ class Withdrawn(StrEnum):
 
     APPLIED = "applied"
     EARLY = "early"  # the case is not routed yet: kept
-    TOO_LATE = "too_late"  # decided, closed or rejected: nothing changes
+    TOO_LATE = "too_late"  # decided, closed or rejected: the case stays as it is, and the refusal is published
     ALREADY = "already"  # withdrawn before
     DUPLICATE = "duplicate"  # this event was processed before
 
@@ -67,6 +68,16 @@ def forwarded_withdrawal(cause_id: str, withdrawal: CaseStatusChanged, case: Rou
         "previous_status": previous,
     })
     return status_event(data, derived_event_id(cause_id, events.STATUS_CHANGED_V1, FORWARD))
+
+
+def refused_withdrawal(cause_id: str, case: RoutedCase, current: CaseStatus) -> OutgoingEvent:
+    """The answer to a withdrawal that came too late, on ``ozg.cases.status``: the case's status as it stays, with
+    ``previous_status: withdrawn``. Intake checked the withdrawal against its own copy of the status, which may lag
+    behind a decision; this event corrects intake's copy and tells notify to let the applicant know."""
+    data = CaseStatusChanged(case_id=case.case_id, reference=case.reference, status=current,
+                             previous_status=CaseStatus.WITHDRAWN, leika_key=case.leika_key,
+                             destination_id=case.destination_id, changed_at=datetime.now(UTC))
+    return status_event(data, derived_event_id(cause_id, events.STATUS_CHANGED_V1, REFUSED))
 
 
 class WithdrawalStore:
@@ -142,7 +153,8 @@ def _apply(session: Session, case: RoutedCase, cause_id: str, change: CaseStatus
     if previous == CaseStatus.WITHDRAWN:
         return Withdrawn.ALREADY
     if not may_withdraw(previous):
-        log.warning("withdrawal too late, ignored", extra={"case_id": str(case.case_id), "status": previous.value})
+        log.warning("withdrawal too late, refused", extra={"case_id": str(case.case_id), "status": previous.value})
+        stage(session, topics.CASE_STATUS, refused_withdrawal(cause_id, case, previous))
         return Withdrawn.TOO_LATE
     moved = session.exec(update(RoutedCase).where(
         col(RoutedCase.case_id) == case.case_id, col(RoutedCase.status) == str(previous),

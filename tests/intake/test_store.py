@@ -180,6 +180,35 @@ def test_an_ended_case_stays_ended(database_url: str) -> None:
     engine.dispose()
 
 
+def test_routings_refusal_of_a_withdrawal_undoes_it(database_url: str) -> None:
+    """Intake accepted a withdrawal against its copy of the status while routing had the case decided already:
+    the decision joins the history only (the case ended), then routing's refusal (decided, previous_status
+    withdrawn) sets the status back; an ordinary event cannot."""
+    engine, store = migrated(database_url)
+    client = uuid.uuid4()
+    submitted_at = datetime.now(UTC) - timedelta(minutes=5)
+    reserved = store.reserve(candidate(client, "refused", submitted_at), [])
+    assert isinstance(reserved, Reserved)
+    store.accept(reserved.case.case_id)
+    case_id = reserved.case.case_id
+    at = [submitted_at + timedelta(seconds=n) for n in range(6)]
+    assert store.record_status("routed", case_id, CaseStatus.ROUTED, at[1], "Stadt Kelheim")
+    assert store.record_status("withdrawn", case_id, CaseStatus.WITHDRAWN, at[3])
+    assert store.record_status("decided", case_id, CaseStatus.DECIDED, at[2], "Bescheid")
+    assert store.record_statuses([StatusChange("in-progress", case_id, CaseStatus.IN_PROGRESS, at[4])])
+    stale = store.get(case_id, client)
+    assert stale is not None
+    assert stale.status == CaseStatus.WITHDRAWN
+
+    assert store.record_statuses([StatusChange("refused", case_id, CaseStatus.DECIDED, at[5],
+                                               previous_status=CaseStatus.WITHDRAWN)])
+    case = store.get(case_id, client)
+    assert case is not None
+    assert case.status == CaseStatus.DECIDED
+    assert [e.status for e in case.history][-2:] == [CaseStatus.IN_PROGRESS, CaseStatus.DECIDED]
+    engine.dispose()
+
+
 async def test_group_commit_gives_each_request_its_own_outcome(
     database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -166,3 +166,24 @@ async def test_withdrawal_refused_once_decided(settings: Settings, kafka_setting
         assert "decided" in problem["detail"]
         status = (await client.get(f"/v1/applications/{case_id}", headers=bearer(portal))).json()
         assert status["status"] == "decided"
+
+
+async def test_a_withdrawal_routing_refused_is_undone(settings: Settings, kafka_settings: KafkaSettings) -> None:
+    """The portal withdrew while intake's copy of the status still said routed, though the back office had decided:
+    routing refuses the withdrawal (the case's status, previous_status withdrawn), and the case is decided again."""
+    service, app = build(settings)
+    async with running(service, app) as client:
+        _, portal = await issue_key(kafka_settings, ClientKind.PORTAL, service=service)
+        answer = await submit(client, portal)
+        case_id = answer["case_id"]
+        withdrawn = await client.post(f"/v1/applications/{case_id}/withdrawal", headers=bearer(portal))
+        assert withdrawn.json()["status"] == "withdrawn"
+
+        refusal = CaseStatusChanged(case_id=uuid.UUID(case_id), reference=answer["reference"],
+                                    status=CaseStatus.DECIDED, previous_status=CaseStatus.WITHDRAWN,
+                                    changed_at=datetime.now(UTC))
+        event = build_event(event_type=events.STATUS_CHANGED_V1, source="/ozg/routing", subject=case_id,
+                            data=refusal)
+        await produce(kafka_settings, topics.CASE_STATUS, event.value, event.headers, event.key)
+        case = await reach_status(client, portal, case_id, "decided")
+        assert [h["status"] for h in case["history"]] == ["submitted", "withdrawn", "decided"]

@@ -54,6 +54,23 @@ def test_case_event_templates_render(template: str, language: str) -> None:
         assert "Stadt Wiesbaden" in message.body
 
 
+@pytest.mark.parametrize("language", ["de", "en"])
+@pytest.mark.parametrize("status", [CaseStatus.DECIDED, CaseStatus.CLOSED, CaseStatus.REJECTED])
+def test_a_refused_withdrawal_says_why(language: str, status: CaseStatus) -> None:
+    message = Renderer().render("withdrawal-refused", language,
+                                context(status=status.value, authority="Landratsamt Kelheim"))
+    assert REFERENCE in message.subject
+    assert ("Rücknahme nicht mehr möglich" if language == "de" else "withdrawal no longer possible") in message.subject
+    reason = {("de", CaseStatus.DECIDED): "bereits entschieden", ("de", CaseStatus.CLOSED): "bereits abgeschlossen",
+              ("de", CaseStatus.REJECTED): "bereits nicht angenommen", ("en", CaseStatus.DECIDED): "already decided",
+              ("en", CaseStatus.CLOSED): "already been closed",
+              ("en", CaseStatus.REJECTED): "already declined"}[(language, status)]
+    assert reason in message.body
+    assert STATUS_URL in message.body
+    if status != CaseStatus.CLOSED:
+        assert "Landratsamt Kelheim" in message.body
+
+
 def test_decision_names_outcome_message_and_authority() -> None:
     message = Renderer().render(
         "status-changed", "de",
@@ -100,7 +117,7 @@ def test_the_closing_line_fits_the_channel(channel: str, closing: str) -> None:
 
 
 @pytest.mark.parametrize("language", ["de", "en"])
-@pytest.mark.parametrize("template", ["submitted", "routed", "unroutable", "status-changed"])
+@pytest.mark.parametrize("template", ["submitted", "routed", "unroutable", "status-changed", "withdrawal-refused"])
 def test_templates_address_the_applicant_formally(language: str, template: str) -> None:
     """German texts use the formal "Sie" only; no informal "du"/"dein" anywhere."""
     statuses = sorted(ANNOUNCED_STATUSES) if template == "status-changed" else [CaseStatus.RECEIVED]

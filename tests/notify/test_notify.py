@@ -462,3 +462,32 @@ async def test_nothing_more_is_said_about_a_case_that_ended(
         await asyncio.sleep(0.5)  # a mail, were one sent, leaves right after the event is recorded
         assert mailbox.about(case.reference) == [receipt, withdrawn]
         assert store.parked(case.case_id) == []
+
+
+async def test_a_withdrawal_routing_refused_is_set_right(
+    tmp_path: Path, kafka_settings: KafkaSettings, mailbox: Mailbox
+) -> None:
+    """Intake confirmed a withdrawal against a copy of the status that lagged behind a decision; routing refused it
+    (decided, previous_status withdrawn). The applicant learns that the withdrawal came too late, the case is no
+    longer ended, and what follows is told again."""
+    case = Case()
+    url = sqlite_url(tmp_path)
+    async with notify(kafka_settings, url, mailbox.port):
+        store = NotifyStore(make_engine(url))
+        await send(kafka_settings, topics.SUBMITTED, case.submitted())
+        await send(kafka_settings, topics.CASE_STATUS, case.status(CaseStatus.WITHDRAWN))
+        await mail_about(mailbox, case.reference, 2)
+        assert store.contact(case.case_id).ended_at is not None  # type: ignore[union-attr]
+
+        await send(kafka_settings, topics.CASE_STATUS,
+                   case.status(CaseStatus.DECIDED, previous_status=CaseStatus.WITHDRAWN))
+        refused = (await mail_about(mailbox, case.reference, 3))[2]
+        assert "Rücknahme nicht mehr möglich" in refused.subject
+        assert "bereits entschieden" in refused.body
+        contact = store.contact(case.case_id)
+        assert contact is not None
+        assert contact.ended_at is None  # the retention clock waits for the case's real end
+
+        await send(kafka_settings, topics.CASE_STATUS, case.status(CaseStatus.CLOSED))
+        closed = (await mail_about(mailbox, case.reference, 4))[3]
+        assert "Verfahren abgeschlossen" in closed.subject

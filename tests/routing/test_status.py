@@ -19,7 +19,7 @@ from services.routing.registry import RoutingState
 from services.routing.settings import Settings
 from services.routing.store import RoutingStore
 from shared import events, topics
-from shared.envelope import build_event, parse_event
+from shared.envelope import build_event, derived_event_id, parse_event
 from shared.events import CaseStatus, CaseStatusChanged, ClientKind
 from shared.outbox import OutboxEntry
 from shared.runtime import Service
@@ -363,12 +363,25 @@ async def test_withdrawal_is_applied_and_forwarded_to_the_destination(
         assert moved.status_code == 409
         assert moved.json()["allowed"] == []
 
-        # After a decision a withdrawal is too late and changes nothing.
+        # After a decision a withdrawal is too late: the case stays decided, and the refusal goes out on
+        # ozg.cases.status (intake had checked the withdrawal against a copy of the status that lagged behind).
         decided = add_case(service, destination, S.DECIDED)
-        late_id, late = withdrawal(decided, S.DECIDED)
+        late_id, late = withdrawal(decided, S.IN_PROGRESS)
         await produce(kafka_settings, topics.CASE_STATUS, late.value, late.headers, late.key)
         await wait_until(lambda: store.status_processed(late_id))
         assert status_of(service, decided) == S.DECIDED
+        [refusal] = await consume(kafka_settings, topics.CASE_STATUS, 1,
+                                  predicate=lambda r: r.key == str(decided).encode() and r.value != late.value)
+        envelope = parse_event(refusal.headers, refusal.value)
+        assert (envelope.source, envelope.id) == ("/ozg/routing",
+                                                  derived_event_id(late_id, events.STATUS_CHANGED_V1, "refused"))
+        refused = envelope.data_as(CaseStatusChanged)
+        assert (refused.status, refused.previous_status, refused.destination_id) == (S.DECIDED, S.WITHDRAWN,
+                                                                                     destination)
+        # Nothing reaches the destination: for its back office nothing changed.
+        with pytest.raises(AssertionError):
+            await consume(kafka_settings, topics.destination_topic(destination), 1, timeout_s=2,
+                          predicate=lambda r: r.key == str(decided).encode())
 
 
 async def case_in_clearing(kafka: KafkaSettings, store: RoutingStore) -> uuid.UUID:
