@@ -285,6 +285,16 @@ class LetterChannel:
             lines.append(contact.country)
         return lines
 
+    def discard(self, reference: str) -> int:
+        """Delete the letters of the case ``reference`` still in the outbox (its retention period ran out: printed
+        long ago, or never to be); returns how many."""
+        removed = 0
+        for path in self.directory.glob(letter_filename(reference, "*")):
+            with contextlib.suppress(FileNotFoundError):  # taken by the printing software meanwhile
+                path.unlink()
+                removed += 1
+        return removed
+
     def _write(self, name: str, pdf: bytes) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=self.directory, prefix=".", suffix=".part")

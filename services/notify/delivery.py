@@ -20,7 +20,7 @@ from uuid import UUID
 import anyio.to_thread
 from prometheus_client import CollectorRegistry, Counter
 
-from services.notify.channels import Channel, Delivery
+from services.notify.channels import Channel, Delivery, LetterChannel
 from services.notify.models import Notification, NotificationStatus
 from services.notify.ratelimit import TokenBucket
 from services.notify.settings import Settings
@@ -194,6 +194,13 @@ class Deliverer:
         for notification in await anyio.to_thread.run_sync(self.store.unpublished, grace):
             await self.finished(notification)
 
+    async def _discard_letters(self, case_id: UUID) -> int:
+        letters = self.channels.get(ReplyChannel.LETTER)
+        contact = await anyio.to_thread.run_sync(self.store.contact, case_id)
+        if not isinstance(letters, LetterChannel) or contact is None:
+            return 0
+        return await anyio.to_thread.run_sync(letters.discard, contact.reference)
+
     async def purge(self) -> int:
         """Delete the contacts whose retention period ran out, and publish each deletion; returns how many."""
         now = now_utc()
@@ -201,7 +208,10 @@ class Deliverer:
         while True:  # in pages, until none is left: more cases may end in a day than one page holds
             expired = await anyio.to_thread.run_sync(self.store.expired_contacts, cutoff, RETENTION_PAGE)
             for case_id in expired:
-                await anyio.to_thread.run_sync(self.store.delete_contact, case_id, now)
+                # Letters still in the outbox carry the name and address: the files first, then the records.
+                letters = await self._discard_letters(case_id)
+                await anyio.to_thread.run_sync(self.store.delete_contact, case_id, now,
+                                               ["letters"] if letters else [])
             if len(expired) < RETENTION_PAGE:
                 break
         dropped = await anyio.to_thread.run_sync(self.store.drop_parked, cutoff, now)

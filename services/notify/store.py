@@ -5,6 +5,7 @@ on a connection: an ORM session, identity map and flush per call cost several ti
 """
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -303,14 +304,15 @@ class NotifyStore:
                 ).all()
             )
 
-    def delete_contact(self, case_id: UUID, now: datetime) -> None:
+    def delete_contact(self, case_id: UUID, now: datetime, also_deleted: Sequence[str] = ()) -> None:
         """Delete a case's contact data, and any event still parked for it (a message to the applicant may be in
-        it), and record the deletion for publishing, in one transaction."""
+        it), and record the deletion (with ``also_deleted``, the categories deleted elsewhere just before) for
+        publishing, in one transaction."""
         with self._session() as session:
             contact = session.get(Contact, case_id)
             if contact is None:
                 return
-            record_deletion(session, case_id, contact.categories(), now)
+            record_deletion(session, case_id, [*contact.categories(), *also_deleted], now)
             session.delete(contact)
             session.execute(delete(PARKED).where(PARKED.c.case_id == case_id))
             session.commit()

@@ -170,6 +170,26 @@ async def test_letter_applicant_gets_a_pdf_in_the_outbox(
     assert mailbox.about(case.reference) == []
 
 
+async def test_a_letter_still_in_the_outbox_goes_with_the_contact_after_retention(
+    tmp_path: Path, kafka_settings: KafkaSettings, mailbox: Mailbox
+) -> None:
+    """A letter not yet taken by the printing software holds name and address: deleted with the contact, and the
+    deletion says so; another case's letter stays."""
+    closed, still_open = Case(channel=ReplyChannel.LETTER), Case(channel=ReplyChannel.LETTER)
+    outbox = tmp_path / "letters"
+    async with notify(kafka_settings, sqlite_url(tmp_path), mailbox.port, letter_dir=str(outbox),
+                      retention_days=1 / 86400, retention_interval_s=0.05):
+        for case in (closed, still_open):
+            await send(kafka_settings, topics.SUBMITTED, case.submitted())
+            await outcomes(kafka_settings, case, 1)
+        await send(kafka_settings, topics.CASE_STATUS, closed.status(CaseStatus.CLOSED))
+        [record] = await consume(kafka_settings, topics.DELETIONS, 1,
+                                 predicate=lambda r: header(r, "ce_subject") == str(closed.case_id))
+        deleted = parse_event(record.headers, record.value, record.key).data_as(PersonalDataDeleted)
+        assert deleted.categories == ["name", "postal_address", "letters"]
+    assert [p.name.split("_")[0] for p in pdf_files(outbox)] == [still_open.reference]
+
+
 SUBJECTS = {
     "de": [
         "Eingangsbestätigung: Wohngeld (Mietzuschuss) – Aktenzeichen {ref}",
