@@ -277,6 +277,11 @@ class CaseStatusChanged(Strict):
     problems: list[Problem] = Field(default_factory=list)
     changed_at: datetime
 
+    @property
+    def refuses_withdrawal(self) -> bool:
+        """Whether this is routing's refusal of a withdrawal that came too late: the status it names stands."""
+        return self.previous_status == CaseStatus.WITHDRAWN and self.status != CaseStatus.WITHDRAWN
+
 
 class NotificationOutcome(Strict):
     """``de.ozg.notification.sent.v1`` / ``.failed.v1``: what notify did (no personal data)."""

@@ -8,8 +8,9 @@ delete and the publish loses nothing.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from datetime import UTC, datetime
+from typing import TypeVar
 from uuid import UUID
 
 import anyio.to_thread
@@ -22,6 +23,24 @@ from shared.events import PersonalDataDeleted
 from shared.kafka import EventBroker, publish
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+async def drain(fetch: Callable[[], Awaitable[Sequence[T]]], handle: Callable[[T], Awaitable[object]],
+                key: Callable[[T], Hashable] = lambda item: item) -> int:
+    """Handle what ``fetch`` finds, a page at a time, until a page brings nothing this round has handled not yet;
+    returns how many were handled.
+
+    Each page holds what is still to do (what was handled leaves it), so a round goes on until none is left, however
+    many there are; one that stays (it could not be done) ends the round instead of being handled for ever.
+    """
+    handled: set[Hashable] = set()
+    while fresh := [item for item in await fetch() if key(item) not in handled]:
+        for item in fresh:
+            await handle(item)
+            handled.add(key(item))
+    return len(handled)
 
 
 class Deletion(SQLModel, table=True):
@@ -82,34 +101,23 @@ class DeletionPublisher:
     async def publish_pending(self, page: int = 100) -> int:
         """Publish every recorded deletion not yet published (``page`` at a time), each marked as published once
         acknowledged; returns how many."""
-        published = 0
-        seen: set[tuple[UUID, datetime]] = set()
-        while True:
-            deletions = [d for d in await anyio.to_thread.run_sync(self._unpublished, page)
-                         if (d.case_id, d.deleted_at) not in seen]
-            if not deletions:  # none left, or only those this round published (a crash would not end it otherwise)
-                return published
-            seen.update((d.case_id, d.deleted_at) for d in deletions)
-            published += await self._publish(deletions)
+        return await drain(lambda: anyio.to_thread.run_sync(self._unpublished, page), self._publish,
+                           key=lambda deletion: (deletion.case_id, deletion.deleted_at))
 
-    async def _publish(self, deletions: list[Deletion]) -> int:
-        published = 0
-        for deletion in deletions:
-            data = PersonalDataDeleted(
-                case_id=deletion.case_id, service=self.service,
-                categories=[c for c in deletion.categories.split(",") if c],
-                deleted_at=deletion.deleted_at, reason="retention",
-            )
-            event = build_event(
-                event_type=events.PERSONAL_DATA_DELETED_V1, source=f"/ozg/{self.service}",
-                subject=str(deletion.case_id),
-                # One id per deletion, the same however often it is published: audit keeps it once.
-                event_id=derived_event_id(str(deletion.case_id), events.PERSONAL_DATA_DELETED_V1,
-                                          f"{self.service}|{deletion.deleted_at.isoformat()}"),
-                data=data,
-            )
-            await publish(self.broker, topics.DELETIONS, event)
-            await anyio.to_thread.run_sync(self._mark_published, deletion)
-            published += 1
-            log.info("personal data deleted after retention", extra={"case_id": str(deletion.case_id)})
-        return published
+    async def _publish(self, deletion: Deletion) -> None:
+        data = PersonalDataDeleted(
+            case_id=deletion.case_id, service=self.service,
+            categories=[c for c in deletion.categories.split(",") if c],
+            deleted_at=deletion.deleted_at, reason="retention",
+        )
+        event = build_event(
+            event_type=events.PERSONAL_DATA_DELETED_V1, source=f"/ozg/{self.service}",
+            subject=str(deletion.case_id),
+            # One id per deletion, the same however often it is published: audit keeps it once.
+            event_id=derived_event_id(str(deletion.case_id), events.PERSONAL_DATA_DELETED_V1,
+                                      f"{self.service}|{deletion.deleted_at.isoformat()}"),
+            data=data,
+        )
+        await publish(self.broker, topics.DELETIONS, event)
+        await anyio.to_thread.run_sync(self._mark_published, deletion)
+        log.info("personal data deleted after retention", extra={"case_id": str(deletion.case_id)})

@@ -33,7 +33,7 @@ def status_of(envelope: Envelope) -> StatusChange:
     if envelope.type == events.STATUS_CHANGED_V1:
         changed = envelope.data_as(CaseStatusChanged)
         return StatusChange(envelope.id, changed.case_id, changed.status, envelope.time, changed.message,
-                            previous_status=changed.previous_status)
+                            refuses_withdrawal=changed.refuses_withdrawal)
     raise InvalidEvent(f"intake does not expect {envelope.type}")
 
 

@@ -14,10 +14,10 @@ from services.intake.blobs import BlobStore
 from services.intake.store import IntakeStore
 from shared.jobs import periodic
 from shared.kafka import EventBroker
-from shared.retention import DeletionPublisher
+from shared.retention import DeletionPublisher, drain
 
 SERVICE = "intake"
-# Cases looked up at a time; a round goes on until none is left.
+# Cases looked up at a time; a round goes on until none is left (shared.retention.drain).
 BATCH = 100
 
 
@@ -38,18 +38,15 @@ class Retention:
         """Delete the personal data of every case whose retention period ran out, then publish every deletion not
         yet published (this round's and any an earlier round left); returns how many were published."""
         now = datetime.now(UTC)
-        done: set[UUID] = set()
-        while True:
-            expired = await anyio.to_thread.run_sync(self.store.expired_cases, now - self.retention, BATCH)
-            if not set(expired) - done:  # none left (or only what this round erased: never loop on it)
-                break
-            done.update(expired)
-            for case_id in expired:
-                # The files first: should this stop half-way, the next round finds the case again and deletes the
-                # rest (deleting a blob that is gone is no error), and only then the records.
-                for attachment_id in await anyio.to_thread.run_sync(self.store.case_attachments, case_id):
-                    await self.blobs.delete(attachment_id)
-                await anyio.to_thread.run_sync(self.store.erase, case_id, now)
+
+        async def erase(case_id: UUID) -> None:
+            # The files first: should this stop half-way, the next round finds the case again and deletes the rest
+            # (deleting a blob that is gone is no error), and only then the records.
+            for attachment_id in await anyio.to_thread.run_sync(self.store.case_attachments, case_id):
+                await self.blobs.delete(attachment_id)
+            await anyio.to_thread.run_sync(self.store.erase, case_id, now)
+
+        await drain(lambda: anyio.to_thread.run_sync(self.store.expired_cases, now - self.retention, BATCH), erase)
         published = await self.publisher.publish_pending()
         self.deleted.inc(published)
         return published

@@ -49,13 +49,8 @@ class StatusChange:
     at: datetime
     detail: str | None = None
     destination_id: UUID | None = None
-    # ``withdrawn`` on routing's answer to a withdrawal that came too late: the status it names stands.
-    previous_status: CaseStatus | None = None
-
-    @property
-    def refuses_withdrawal(self) -> bool:
-        """Whether this is routing's refusal of a withdrawal (the case stays as it is)."""
-        return self.previous_status == CaseStatus.WITHDRAWN and self.status != CaseStatus.WITHDRAWN
+    # Routing's refusal of a withdrawal that came too late (``CaseStatusChanged.refuses_withdrawal``).
+    refuses_withdrawal: bool = False
 
 
 @dataclass(frozen=True)

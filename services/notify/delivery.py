@@ -30,7 +30,7 @@ from shared.backoff import delay_s
 from shared.envelope import build_event, derived_event_id
 from shared.events import NotificationOutcome, ReplyChannel
 from shared.kafka import EventBroker, publish
-from shared.retention import DeletionPublisher
+from shared.retention import DeletionPublisher, drain
 
 log = logging.getLogger(__name__)
 
@@ -194,26 +194,20 @@ class Deliverer:
         for notification in await anyio.to_thread.run_sync(self.store.unpublished, grace):
             await self.finished(notification)
 
-    async def _discard_letters(self, case_id: UUID) -> int:
-        letters = self.channels.get(ReplyChannel.LETTER)
-        contact = await anyio.to_thread.run_sync(self.store.contact, case_id)
-        if not isinstance(letters, LetterChannel) or contact is None:
-            return 0
-        return await anyio.to_thread.run_sync(letters.discard, contact.reference)
-
     async def purge(self) -> int:
         """Delete the contacts whose retention period ran out, and publish each deletion; returns how many."""
         now = now_utc()
         cutoff = now - timedelta(days=self.settings.retention_days)
-        while True:  # in pages, until none is left: more cases may end in a day than one page holds
-            expired = await anyio.to_thread.run_sync(self.store.expired_contacts, cutoff, RETENTION_PAGE)
-            for case_id in expired:
-                # Letters still in the outbox carry the name and address: the files first, then the records.
-                letters = await self._discard_letters(case_id)
-                await anyio.to_thread.run_sync(self.store.delete_contact, case_id, now,
-                                               ["letters"] if letters else [])
-            if len(expired) < RETENTION_PAGE:
-                break
+        letters = self.channels.get(ReplyChannel.LETTER)
+
+        async def delete(expired: tuple[UUID, str]) -> None:
+            case_id, reference = expired
+            # Letters still in the outbox carry the name and address: the files first, then the records.
+            discarded = (await anyio.to_thread.run_sync(letters.discard, reference)
+                         if isinstance(letters, LetterChannel) else 0)
+            await anyio.to_thread.run_sync(self.store.delete_contact, case_id, now, ["letters"] if discarded else [])
+
+        await drain(lambda: anyio.to_thread.run_sync(self.store.expired_contacts, cutoff, RETENTION_PAGE), delete)
         dropped = await anyio.to_thread.run_sync(self.store.drop_parked, cutoff, now)
         if dropped:
             log.warning("parked events dropped after retention: their cases' submitted events never came",

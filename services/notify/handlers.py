@@ -99,8 +99,8 @@ def trigger_of(envelope: Envelope) -> Trigger | None:
         return Trigger(case_id=unroutable.case_id, template="unroutable")
     if envelope.type == events.STATUS_CHANGED_V1:
         changed = envelope.data_as(CaseStatusChanged)
-        if changed.previous_status == CaseStatus.WITHDRAWN and changed.status != CaseStatus.WITHDRAWN:
-            # Routing's refusal of a withdrawal that came too late: the confirmation sent before no longer holds.
+        if changed.refuses_withdrawal:
+            # The confirmation of the withdrawal sent before no longer holds.
             return Trigger(case_id=changed.case_id, template="withdrawal-refused",
                            context={"status": changed.status.value},
                            ends_case=changed.status in ENDED_STATUSES, reopens=True)

@@ -292,17 +292,18 @@ class NotifyStore:
                 ).all()
             )
 
-    def expired_contacts(self, cutoff: datetime, limit: int = 100) -> list[UUID]:
-        """Cases that ended before ``cutoff`` and have no message still on its way: their contacts are due."""
+    def expired_contacts(self, cutoff: datetime, limit: int = 100) -> list[tuple[UUID, str]]:
+        """Cases (id and reference) that ended before ``cutoff`` and have no message still on its way: their
+        contacts are due."""
         with self._session() as session:
             still_open = select(Notification.case_id).where(col(Notification.status).in_(OPEN_STATUSES))
-            return list(
-                session.exec(
-                    select(Contact.case_id)
+            return [
+                (case_id, reference) for case_id, reference in session.exec(
+                    select(Contact.case_id, Contact.reference)
                     .where(col(Contact.ended_at) <= cutoff, col(Contact.case_id).not_in(still_open))
                     .limit(limit)
                 ).all()
-            )
+            ]
 
     def delete_contact(self, case_id: UUID, now: datetime, also_deleted: Sequence[str] = ()) -> None:
         """Delete a case's contact data, and any event still parked for it (a message to the applicant may be in

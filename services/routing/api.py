@@ -130,8 +130,9 @@ def create_operator_router(service: Service, state: RoutingState, publisher: Out
         secret = None
         if body.webhook is not None:
             # A secret is kept only for the same URL: the previous receiver's secret must never sign for another.
-            same_url = existing is not None and existing.webhook_url == str(body.webhook.url)
-            secret = body.webhook.secret or (existing.webhook_secret if same_url and existing is not None else None)
+            kept = (existing.webhook_secret
+                    if existing is not None and existing.webhook_url == str(body.webhook.url) else None)
+            secret = body.webhook.secret or kept
             if secret is None:
                 raise ProblemException(422, "A new webhook needs a secret.", kind="validation",
                                        title="Validation failed",

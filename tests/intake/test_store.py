@@ -201,7 +201,7 @@ def test_routings_refusal_of_a_withdrawal_undoes_it(database_url: str) -> None:
     assert stale.status == CaseStatus.WITHDRAWN
 
     assert store.record_statuses([StatusChange("refused", case_id, CaseStatus.DECIDED, at[5],
-                                               previous_status=CaseStatus.WITHDRAWN)])
+                                               refuses_withdrawal=True)])
     case = store.get(case_id, client)
     assert case is not None
     assert case.status == CaseStatus.DECIDED
