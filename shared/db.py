@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,8 @@ def table_of(model: type[SQLModel]) -> Table:
 def alembic_config(engine: Engine, migrations: Path, service: str) -> Config:
     """An Alembic configuration for one service's migrations.
 
-    Each service keeps its own version table, so two services pointed at one database by mistake don't clash.
+    Each service keeps its own version table (``alembic_version_<service>``), so its history names it. Services
+    still need databases of their own: their tables share names (``processed_events``, ``outbox``).
     """
     config = Config()
     config.set_main_option("script_location", str(migrations))
@@ -65,15 +67,26 @@ def migrate(engine: Engine, migrations: Path, service: str) -> None:
     command.upgrade(alembic_config(engine, migrations, service), "head")
 
 
+def migration_lock_key(version_table: str) -> int:
+    """The PostgreSQL advisory lock key of one service's migrations: stable across processes and releases."""
+    return int.from_bytes(hashlib.sha256(f"ozg-migrate:{version_table}".encode()).digest()[:8], "big", signed=True)
+
+
 def run_migrations_online(config: Config) -> None:
     """Body of every service's ``migrations/env.py``: run the migrations on the engine handed over."""
     from alembic import context
 
     engine: Engine = config.attributes["engine"]
+    version_table = config.get_main_option("version_table") or "alembic_version"
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            # Replicas start together and each migrates at start-up: the first takes the lock and migrates, the
+            # others wait for its commit and then find the schema at head. Without it the second fails on the
+            # tables (or types) the first is creating.
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": migration_lock_key(version_table)})
         context.configure(
             connection=connection,
-            version_table=config.get_main_option("version_table") or "alembic_version",
+            version_table=version_table,
         )
         context.run_migrations()
 

@@ -2,11 +2,11 @@
 the FastAPI app with health, metrics and problem details, and the uvicorn server."""
 
 
+import argparse
 import asyncio
 import contextlib
 import gc
 import logging
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -220,23 +220,38 @@ def main(
     argv: Sequence[str],
     extra: dict[str, Callable[[list[str]], int]] | None = None,
 ) -> int:
-    """``python -m services.<name> [serve|migrate|...] [args]``; ``serve`` is the default command."""
+    """``python -m services.<name> [serve|migrate|...] [args]``; ``serve`` is the default command.
 
-    def _serve(_args: list[str]) -> int:
+    ``-h`` lists the commands; an unknown command or option is refused (exit 2) instead of starting the service.
+    Each extra command parses its own arguments; one named ``migrate`` replaces the default, which builds the
+    whole service.
+    """
+
+    def _serve() -> int:
         service, app = build()
         serve(app, service.settings)
         return 0
 
-    def _migrate(_args: list[str]) -> int:
+    def _migrate() -> int:
         service, _ = build()
         configure_logging(service.settings.log_level, json=service.settings.log_json, service=service.name)
         service.migrate()
         return 0
 
-    commands = {"serve": _serve, "migrate": _migrate, **(extra or {})}
-    args = list(argv)
-    name = args.pop(0) if args and not args[0].startswith("-") else "serve"
-    if name not in commands:
-        print(f"unknown command {name!r}; one of: {', '.join(sorted(commands))}", file=sys.stderr)
-        return 2
-    return commands[name](args)
+    extra = extra or {}
+    prog = "python -m " + build.__module__.rsplit(".", 1)[0]
+    parser = argparse.ArgumentParser(prog=prog, description="Run the service, or one of its commands.")
+    commands = parser.add_subparsers(dest="command", metavar="command")
+    own = {"serve": "serve the HTTP API and consume the service's topics (the default)",
+           "migrate": "bring the database to the newest migration, then exit"}
+    for name, text in own.items():
+        if name not in extra:
+            commands.add_parser(name, help=text)
+    for name, command in extra.items():
+        # Its own parser sees the rest of the line (and answers its own -h).
+        commands.add_parser(name, help=(command.__doc__ or own.get(name, "")).split("\n")[0], add_help=False,
+                            prefix_chars="\0").add_argument("args", nargs=argparse.REMAINDER)
+    options = parser.parse_args(list(argv))
+    if options.command in extra:
+        return extra[options.command](list(options.args))
+    return _migrate() if options.command == "migrate" else _serve()

@@ -2,8 +2,8 @@
 
 import sys
 
-from services.audit.app import build, verify_command
+from services.audit.app import build, migrate_command, verify_command
 from shared.runtime import main
 
 if __name__ == "__main__":
-    sys.exit(main(build, sys.argv[1:], extra={"verify": verify_command}))
+    sys.exit(main(build, sys.argv[1:], extra={"migrate": migrate_command, "verify": verify_command}))
