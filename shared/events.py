@@ -6,7 +6,7 @@ Event types are versioned: a breaking change gets a new ``.v2`` type beside the 
 from __future__ import annotations
 
 import enum
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
@@ -32,26 +32,61 @@ PostalCode = Annotated[str, Field(pattern=r"^\d{5}$", examples=["93309"])]
 # in a mail header or a letter.
 Line = Annotated[str, Field(pattern=r"^[^\x00-\x1f\x7f]*$")]
 Lines = Annotated[str, Field(pattern=r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$")]
+# A case's reference, as intake makes it (``OZG-2026-8F3K-2QXD``); the services' tables hold 32 characters.
+Reference = Annotated[Line, Field(min_length=1, max_length=32)]
+
+
+def _utc_representable(moment: datetime) -> datetime:
+    # 0001-01-01T00:00+01:00 is valid ISO 8601 but lies before the first UTC time Python has: comparing, storing
+    # or canonicalising it would raise OverflowError later, in whichever consumer meets it (an error, not an answer).
+    try:
+        moment.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise ValueError("the time lies outside the range of UTC times") from None
+    return moment
+
+
+Instant = Annotated[datetime, AfterValidator(_utc_representable)]
+"""A point in time every service can convert to UTC."""
 
 # Deeper forms are refused: no form of the catalogue nests beyond a few levels, and the JSON-Schema validator and
 # the serialisers give up at a few hundred (an error, not an answer).
 MAX_FORM_DEPTH = 32
 
 
+def _valid_text(text: str) -> None:
+    # JSON may carry a lone surrogate (\ud800); it is no character, cannot be written as UTF-8, and would fail the
+    # event's serialisation or the database (an error, not an answer).
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            raise ValueError("the form holds text that is not valid Unicode (a lone surrogate)") from None
+
+
 def _shallow(form: dict[str, object]) -> dict[str, object]:
-    # The objects and arrays one level down, level by level: the form itself is level 1.
+    # The objects and arrays one level down, level by level: the form itself is level 1. Its text on the way.
     level: list[dict[str, object] | list[object]] = [form]
     for _ in range(MAX_FORM_DEPTH):
-        level = [child for container in level
-                 for child in (container.values() if isinstance(container, dict) else container)
-                 if isinstance(child, dict | list)]
-        if not level:
+        deeper: list[dict[str, object] | list[object]] = []
+        for container in level:
+            if isinstance(container, dict):
+                for key in container:
+                    _valid_text(key)
+            for child in container.values() if isinstance(container, dict) else container:
+                if isinstance(child, dict | list):
+                    deeper.append(child)
+                elif isinstance(child, str):
+                    _valid_text(child)
+        if not deeper:
             return form
+        level = deeper
     raise ValueError(f"the form nests objects and arrays deeper than {MAX_FORM_DEPTH} levels")
 
 
 FormData = Annotated[dict[str, object], AfterValidator(_shallow)]
-"""A form's data: any JSON object (its service's JSON Schema checks it) nested at most ``MAX_FORM_DEPTH`` levels."""
+"""A form's data: any JSON object (its service's JSON Schema checks it) nested at most ``MAX_FORM_DEPTH`` levels,
+its text valid Unicode."""
 
 
 class Strict(BaseModel):
@@ -156,8 +191,8 @@ class AttachmentRef(Strict):
     """A claim-check: the attachment itself stays in intake's blob store."""
 
     attachment_id: UUID
-    filename: str
-    media_type: str
+    filename: Annotated[Line, Field(min_length=1, max_length=255)]
+    media_type: Annotated[Line, Field(min_length=1, max_length=64)]
     size: int
     sha512: Annotated[str, Field(pattern=r"^[0-9a-f]{128}$")]
 
@@ -166,7 +201,7 @@ class ApplicationSubmitted(Strict):
     """``de.ozg.application.submitted.v1``: intake accepted an application (carries personal data)."""
 
     case_id: UUID
-    reference: str
+    reference: Reference
     leika_key: LeikaKey
     region: Region
     applicant: Applicant
@@ -174,7 +209,7 @@ class ApplicationSubmitted(Strict):
     attachments: list[AttachmentRef] = Field(default_factory=list)
     client_id: UUID
     client_kind: ClientKind
-    submitted_at: datetime
+    submitted_at: Instant
 
 
 class ResolvedRegion(Strict):
@@ -182,7 +217,7 @@ class ResolvedRegion(Strict):
 
     ars: Ars
     ags: Ags
-    name: str
+    name: Annotated[Line, Field(max_length=100)]
 
 
 class AuthorityLevel(enum.StrEnum):
@@ -198,7 +233,7 @@ class Authority(Strict):
     """The competent authority; ``ars`` is its own key (12, 9, 5 or 2 digits by level)."""
 
     ars: Annotated[str, Field(pattern=r"^(\d{2}|\d{5}|\d{9}|\d{12})$")]
-    name: str
+    name: Annotated[Line, Field(max_length=300)]
     level: AuthorityLevel
 
 
@@ -206,13 +241,13 @@ class ApplicationRouted(Strict):
     """``de.ozg.application.routed.v1``: metadata only, no personal data."""
 
     case_id: UUID
-    reference: str
+    reference: Reference
     leika_key: LeikaKey
     region: ResolvedRegion
     authority: Authority
-    rule: str
+    rule: Annotated[Line, Field(max_length=100)]
     destination_id: UUID
-    destination_name: str
+    destination_name: Annotated[Line, Field(max_length=200)]
     manual: bool = False
 
 
@@ -229,10 +264,10 @@ class ApplicationUnroutable(Strict):
     """``de.ozg.application.unroutable.v1``: the case waits in clearing (no personal data)."""
 
     case_id: UUID
-    reference: str
+    reference: Reference
     leika_key: LeikaKey
     reason: UnroutableReason
-    detail: str
+    detail: Annotated[Lines, Field(max_length=500)]
     candidates: list[ResolvedRegion] = Field(default_factory=list)
 
 
@@ -240,7 +275,7 @@ class ApplicationDispatched(Strict):
     """``de.ozg.application.dispatched.v1`` on ``ozg.dest.<id>``: the whole case for its destination."""
 
     case_id: UUID
-    reference: str
+    reference: Reference
     destination_id: UUID
     routing: ApplicationRouted
     application: ApplicationSubmitted
@@ -267,7 +302,7 @@ class CaseStatusChanged(Strict):
     """``de.ozg.case.status-changed.v1``: no personal data apart from a message to the applicant."""
 
     case_id: UUID
-    reference: str
+    reference: Reference
     status: CaseStatus
     previous_status: CaseStatus | None = None
     leika_key: LeikaKey | None = None
@@ -275,7 +310,7 @@ class CaseStatusChanged(Strict):
     outcome: Outcome | None = None
     message: Annotated[Lines, Field(max_length=5000)] | None = None
     problems: list[Problem] = Field(default_factory=list)
-    changed_at: datetime
+    changed_at: Instant
 
     @property
     def refuses_withdrawal(self) -> bool:
@@ -289,8 +324,8 @@ class NotificationOutcome(Strict):
     notification_id: UUID
     case_id: UUID
     channel: ReplyChannel
-    trigger_event_id: str
-    trigger_type: str
+    trigger_event_id: Annotated[Line, Field(max_length=200)]
+    trigger_type: Annotated[Line, Field(max_length=100)]
     attempts: int
     error: str | None = None
 
@@ -302,13 +337,13 @@ class ClientRecord(Strict):
     """
 
     client_id: UUID
-    name: str
+    name: Annotated[Line, Field(max_length=200)]
     kind: ClientKind
     scopes: list[str]
     key_hash: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
     destination_id: UUID | None = None
     revoked: bool = False
-    issued_at: datetime
+    issued_at: Instant
 
 
 class PersonalDataDeleted(Strict):
@@ -318,7 +353,7 @@ class PersonalDataDeleted(Strict):
     case_id: UUID
     service: str = Field(description="The service that deleted the data, e.g. intake")
     categories: list[str] = Field(description="What was deleted, e.g. applicant, form, attachments")
-    deleted_at: datetime
+    deleted_at: Instant
     reason: str = "retention"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import uuid
 from pathlib import Path
 
@@ -148,6 +149,23 @@ async def test_refuses_bad_requests_with_problem_details(settings: Settings, kaf
         deep_enough = await client.post("/v1/applications", json=deep_form, headers=auth(portal, "f"))
         assert deep_enough.status_code == 422
         assert all(e["code"] != "value_error" for e in deep_enough.json()["errors"])
+
+        # A lone surrogate is valid JSON but no character: it cannot be stored or sent on (it was a 500).
+        for where, body in (("#/form", {**application_body(), "form": {"note": "Stra\ud800e"}}),
+                            ("#/form", {**application_body(), "form": {"\udfff": "x"}}),
+                            ("#/applicant/name", application_body())):
+            if where == "#/applicant/name":
+                body["applicant"]["name"] = "Erika \udc00"
+            lone = await client.post("/v1/applications", content=json.dumps(body).encode(),
+                                     headers={**auth(portal, f"lone-{where}-{len(str(body))}"),
+                                              "Content-Type": "application/json"})
+            assert lone.status_code == 422, lone.text
+            assert [e["pointer"] for e in lone.json()["errors"]][:1] == [where]
+        paired = application_body()
+        paired["form"] = {**paired["form"], "note": "\U0001f600"}  # escaped as a surrogate pair in the JSON
+        emoji = await client.post("/v1/applications", content=json.dumps(paired).encode(),
+                                  headers={**auth(portal, "paired"), "Content-Type": "application/json"})
+        assert emoji.status_code != 500
 
         unknown_service = application_body()
         unknown_service["leika_key"] = "99999999999999"

@@ -152,6 +152,9 @@ def poison(kind: str, event: OutgoingEvent, max_bytes: int) -> tuple[bytes, Head
     if kind == "overlong-id":
         # Valid otherwise; longer than any table keeps an event id (on PostgreSQL an insert error, not a dead letter).
         return event.value, encoded(event, ce_id=f"{uuid.uuid4()}{'x' * 200}")
+    if kind == "edge-time":
+        # Valid ISO 8601, but before the first UTC time: converting it failed audit's whole batch, for ever.
+        return event.value, encoded(event, ce_id=str(uuid.uuid4()), ce_time="0001-01-01T00:00:00+01:00")
     if kind == "non-utf8-header":
         headers: Headers = [(name, b"\xff\xfe" if name == "ce_id" else value) for name, value in encoded(event)]
         return event.value, [*headers, ("x-null", None)]
@@ -168,6 +171,7 @@ REASONS = {
     "huge-value": "more than the limit",
     "non-utf8-header": "not UTF-8",
     "overlong-id": "ce_id is longer than 200",
+    "edge-time": "outside the range of UTC times",
 }
 KINDS = tuple(REASONS)
 

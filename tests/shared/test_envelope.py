@@ -57,6 +57,9 @@ def test_data_already_serialised_goes_out_as_it_is() -> None:
         ({"ce_subject": "c" * 201}, b"{}", "ce_subject is longer than 200"),
         ({"ce_id": "a\x00b"}, b"{}", "ce_id .* control characters"),
         ({"ce_source": "/s\n"}, b"{}", "ce_source .* control characters"),
+        # Valid ISO 8601 with no UTC time: converting it failed audit's batch for ever.
+        ({"ce_time": "0001-01-01T00:00:00+01:00"}, b"{}", "outside the range of UTC times"),
+        ({"ce_time": "9999-12-31T23:30:00-01:00"}, b"{}", "outside the range of UTC times"),
     ],
 )
 def test_rejects_what_is_not_a_cloudevent(headers: dict[str, str], value: bytes, message: str) -> None:
@@ -107,3 +110,36 @@ def test_data_reads_as_the_standard_library_reads_it() -> None:
     headers = build_event(event_type="t.v1", source="/s", subject="c", data=submitted()).headers
     envelope = parse_event([(k, v.encode()) for k, v in headers.items()], value.encode())
     assert envelope.data == json.loads(value)
+
+
+@pytest.mark.parametrize(
+    ("model", "field", "value"),
+    [
+        # What the consumers' tables take (routing's and notify's references have 32 characters, PostgreSQL no NUL):
+        # refused as poison when read, instead of a database error that fails the consumer's batch for ever.
+        (events.ApplicationSubmitted, "reference", "OZG-" + "X" * 40),
+        (events.ApplicationSubmitted, "reference", "OZG-2026\x00"),
+        (events.ApplicationSubmitted, "submitted_at", "0001-01-01T00:00:00+01:00"),
+        (events.ApplicationRouted, "authority", {"ars": "09273137", "name": "Stadt\x00", "level": "gemeinde"}),
+        (events.ApplicationRouted, "region", {"ars": "092730137137", "ags": "09273137", "name": "K" * 101}),
+        (events.ApplicationRouted, "destination_name", "d" * 201),
+        (events.CaseStatusChanged, "changed_at", "9999-12-31T23:30:00-01:00"),
+    ],
+)
+def test_event_data_the_consumers_cannot_store_is_refused(model: type[events.Strict], field: str, value: object,
+                                                          ) -> None:
+    routed = {"case_id": str(uuid.uuid4()), "reference": "OZG-2026-AAAA-BBBB", "leika_key": "99107023037000",
+              "region": {"ars": "092730137137", "ags": "09273137", "name": "Kelheim"},
+              "authority": {"ars": "092730137137", "name": "Stadt Kelheim", "level": "gemeinde"},
+              "rule": "r", "destination_id": str(uuid.uuid4()), "destination_name": "Bürgerbüro"}
+    valid = {
+        events.ApplicationSubmitted: lambda: submitted().model_dump(mode="json"),
+        events.ApplicationRouted: lambda: routed,
+        events.CaseStatusChanged: lambda: {"case_id": str(uuid.uuid4()), "reference": "OZG-2026-AAAA-BBBB",
+                                           "status": "received", "changed_at": "2026-01-01T00:00:00Z"},
+    }[model]()
+    model.model_validate(valid)
+    event = build_event(event_type="t.v1", source="/s", subject="c", data=json.dumps({**valid, field: value}).encode())
+    envelope = parse_event([(k, v.encode()) for k, v in event.headers.items()], event.value)
+    with pytest.raises(InvalidEvent, match=field):
+        envelope.data_as(model)
