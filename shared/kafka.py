@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from shared.deadletter import DeadLetterPolicy
 from shared.envelope import Envelope, OutgoingEvent, parse_event
+from shared.logs import broker_logger
 from shared.settings import KafkaSettings
 from shared.tracing import TraceMiddleware
 
@@ -84,7 +85,7 @@ def make_broker(
         decoder=_undecoded,
         parser=_tolerant_parser,
         # Per-message logs stay at DEBUG: on the hot path they cost more than the work itself.
-        logger=logging.getLogger("faststream"),
+        logger=broker_logger(),
         log_level=logging.DEBUG,
         middlewares=(
             TraceMiddleware,

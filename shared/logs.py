@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from pythonjsonlogger.json import JsonFormatter
 
-from shared.redaction import safe_traceback
+from shared.redaction import safe_reason, safe_traceback
 from shared.tracing import TraceLogFilter
 
 if TYPE_CHECKING:
@@ -49,3 +49,26 @@ def configure_logging(level: str = "INFO", *, json: bool = True, service: str = 
     root.setLevel(level.upper())
     # aiokafka reports every reconnect attempt at ERROR; one line per state change is enough.
     logging.getLogger("aiokafka").setLevel(max(root.level, logging.WARNING))
+
+
+class _ErrorsWithoutData(logging.Filter):
+    """FastStream logs a handler's failure as ``f"{type}: {error}"``, and an error's text may quote the data (a
+    database's "Failing row contains (…)"): the message keeps the type and the error's safe reason only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None:
+            record.msg, record.args = f"{type(error).__name__}: {safe_reason(error)}", ()
+        return True
+
+
+def broker_logger() -> logging.Logger:
+    """The logger the services' FastStream brokers log through.
+
+    Not FastStream's own ``faststream`` logger: that one has a handler of its own and does not propagate, so its
+    lines would bypass the JSON format and the redaction above.
+    """
+    logger = logging.getLogger("ozg.faststream")
+    if not any(isinstance(f, _ErrorsWithoutData) for f in logger.filters):
+        logger.addFilter(_ErrorsWithoutData())
+    return logger

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -21,6 +22,7 @@ from shared import topics
 from shared.envelope import OutgoingEvent, build_event, parse_event
 from shared.events import Problem
 from shared.kafka import BrokerHeld, EventBroker, group_subscription, hold, make_broker, publish, publish_all, release
+from shared.logs import configure_logging
 from shared.settings import KafkaSettings
 from shared.topics import TopicSpec, ensure_topics
 from tests.support import consume
@@ -202,3 +204,42 @@ async def test_stopping_fails_what_is_not_sent_yet(kafka_settings: KafkaSettings
     assert [r.key for r in await consume(kafka_settings, topic, 1)] == [b"warm"]
     with pytest.raises(AssertionError, match="only 1 of 2"):  # and the refused one never arrives
         await consume(kafka_settings, topic, 2, timeout_s=2)
+
+
+async def test_a_failing_handler_is_logged_as_json_without_the_data_its_error_quotes(
+    kafka_settings: KafkaSettings, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # FastStream logs a handler's failure as "Type: message"; through its own logger that line bypassed the
+    # service's JSON format and redaction, and a database error quotes the row it refused.
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    configure_logging("INFO", json=True, service="test")
+    topic = f"test.log.{uuid.uuid4().hex}"
+    await ensure_topics(kafka_settings, [TopicSpec(topic)])
+    broker, _ = make_broker(kafka_settings, service="test", registry=CollectorRegistry())
+    failed = asyncio.Event()
+
+    @broker.subscriber(topic, **group_subscription(kafka_settings, f"g-{topic}"), batch=True)
+    async def handle(_msg: KafkaMessage) -> None:
+        if not failed.is_set():
+            failed.set()
+            # As a database driver words it: what was refused first, the row it quotes on the next line.
+            raise RuntimeError('value too long for type character varying(32)\n'
+                               'DETAIL: Failing row contains ("Erika Mustermann", erika@example.org)')
+
+    try:
+        await broker.start()
+        await publish(broker, topic, build_event(event_type="t.v1", source="/test", subject="c",
+                                                 data=Problem(title="x")))
+        await asyncio.wait_for(failed.wait(), 30)
+        await asyncio.sleep(0.5)
+    finally:
+        await broker.stop()
+        root.handlers[:], _ = saved[0], root.setLevel(saved[1])
+    lines = [json.loads(line) for line in capfd.readouterr().err.splitlines() if line.startswith("{")]
+    errors = [line for line in lines if line.get("level") == "ERROR" and line["logger"] == "ozg.faststream"]
+    assert errors, lines
+    assert errors[0]["message"] == "RuntimeError: value too long for type character varying(32)"
+    assert "exc_info" in errors[0]
+    assert "Erika" not in json.dumps(lines)
+    assert "erika@" not in json.dumps(lines)
