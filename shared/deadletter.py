@@ -1,10 +1,11 @@
 """Retry-then-dead-letter: the one middleware every consumer runs under.
 
 A message whose handler raises is retried a bounded number of times with exponential back-off (the partition
-waits, so order is kept); a poison message (InvalidEvent, or a value longer than ``max_event_bytes``, which no
-handler sees) is not retried at all. Then the original record goes to
-``<topic>.dlq`` with headers naming the error, the source topic, partition and offset, and the consumer moves on.
-If even the dead-letter publish fails, the error propagates and the message is redelivered: nothing is lost.
+waits, so order is kept), except while the database is unreachable, which the partition waits out; a poison
+message (InvalidEvent, or a value longer than ``max_event_bytes``, which no handler sees) is not retried at all.
+Then the original record goes to ``<topic>.dlq`` with headers naming the error, the source topic, partition and
+offset, and the consumer moves on. If even the dead-letter publish fails, the error propagates and the message is
+redelivered: nothing is lost.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from aiokafka import ConsumerRecord
 from aiokafka.errors import MessageSizeTooLargeError
 from faststream import BaseMiddleware
 from prometheus_client import CollectorRegistry, Counter
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from shared import backoff
 from shared.envelope import InvalidEvent, check_size
@@ -119,13 +121,23 @@ class _DeadLetterMiddleware(BaseMiddleware):
             await self._pass_over(call_next, msg, record)
             await self.policy.dead_letter(record, exc)
             return None
-        attempt = 0
+        attempt = outage = 0
         while True:
             try:
                 return await call_next(msg)
             except InvalidEvent as exc:
                 await self.policy.dead_letter(record, exc)
                 return None
+            except (OperationalError, InterfaceError) as exc:
+                # The database is away (a restart, a failover): no fault of the event's. Dead-lettering valid
+                # events after a few retries would lose their effect until someone replays them, so the partition
+                # waits for the database, as audit's batches do.
+                outage += 1
+                delay = backoff.delay_s(outage, base_s=self.policy.backoff_s, cap_s=BACKOFF_CAP_S)
+                log.warning("database unavailable, holding the partition",
+                            extra={"topic": record.topic, "partition": record.partition, "offset": record.offset,
+                                   "error": type(exc.orig).__name__, "retry_in_s": delay})
+                await asyncio.sleep(delay)
             except Exception as exc:  # noqa: BLE001 - any handler failure is retried, then dead-lettered
                 if attempt >= self.policy.retries:
                     await self.policy.dead_letter(record, exc)

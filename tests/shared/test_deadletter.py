@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 from aiokafka import ConsumerRecord
-from faststream.kafka import KafkaBroker
+from faststream.kafka import KafkaBroker, KafkaMessage
 from prometheus_client import CollectorRegistry
+from sqlalchemy.exc import OperationalError
 
 from shared.deadletter import DeadLetterPolicy
-from shared.envelope import InvalidEvent
+from shared.envelope import InvalidEvent, OutgoingEvent
+from shared.kafka import group_subscription, make_broker, publish
 from shared.settings import KafkaSettings
 from shared.topics import TopicSpec, dlq_topic, ensure_topics
 from tests.support import consume
@@ -67,3 +70,40 @@ async def test_the_reason_header_never_quotes_the_input(kafka_settings: KafkaSet
     headers = {name: bytes(v).decode() for name, v in dead.headers}
     assert headers["x-ozg-dlq-reason"] == "duplicate key value violates unique constraint"
     assert headers["x-ozg-dlq-error"] == "ValueError"
+
+
+async def test_a_database_outage_is_waited_out_while_other_failures_are_dead_lettered(
+    kafka_settings: KafkaSettings,
+) -> None:
+    """A valid event that meets a database restart keeps its partition waiting instead of going to the ``.dlq``."""
+    topic = f"ozg.test.{uuid.uuid4().hex}"
+    await ensure_topics(kafka_settings, [TopicSpec(topic), TopicSpec(dlq_topic(topic))])
+    broker, _ = make_broker(kafka_settings, service="test", registry=CollectorRegistry())
+    calls: dict[str, int] = {}
+    done: dict[str, asyncio.Event] = {"outage": asyncio.Event(), "bug": asyncio.Event()}
+    # More failures than the policy retries (kafka_settings.dlq_retries), then the handler would succeed.
+    failures = kafka_settings.dlq_retries + 3
+
+    @broker.subscriber(topic, **group_subscription(kafka_settings, f"g-{topic}"))
+    async def handle(msg: KafkaMessage) -> None:
+        kind = bytes(msg.body).decode()
+        calls[kind] = calls.get(kind, 0) + 1
+        if calls[kind] <= failures:
+            if kind == "outage":
+                raise OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused"))
+            raise ValueError("a fault of the handler")
+        done[kind].set()
+
+    await broker.start()
+    try:
+        for kind in ("bug", "outage"):
+            await publish(broker, topic, OutgoingEvent(key=b"k", value=kind.encode(), headers={},
+                                                       event_id=kind, event_type="t.v1"))
+        await asyncio.wait_for(done["outage"].wait(), 30)
+    finally:
+        await broker.stop()
+    assert calls["outage"] == failures + 1
+    assert calls["bug"] == kafka_settings.dlq_retries + 1
+    assert not done["bug"].is_set()
+    dead = await consume(kafka_settings, dlq_topic(topic), 1)
+    assert [bytes(record.value or b"") for record in dead] == [b"bug"]
