@@ -56,6 +56,8 @@ class Service:
         self.broker_started = asyncio.Event()
         self._up = Gauge("ozg_service_up", "1 while the service is connected to its broker", ["service"],
                          registry=self.registry)
+        # 0 from the start: a service that never reaches its broker must show as such, not as no data.
+        self._up.labels(self.name).set(0)
 
     def consumer_groups(self) -> list[str]:
         """The consumer groups this service's subscribers use (a service may have several, e.g. routing)."""

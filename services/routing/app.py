@@ -7,6 +7,7 @@ from pathlib import Path
 
 import anyio.to_thread
 from fastapi import FastAPI
+from prometheus_client import Gauge
 
 from services.routing import api, handlers, status, webhooks
 from services.routing.directory import Directory
@@ -19,6 +20,8 @@ from shared.runtime import Service
 
 log = logging.getLogger(__name__)
 
+# The alert on waiting cases holds for 15 minutes: a count every 15 s is fresh enough and costs nothing.
+CLEARING_COUNT_INTERVAL_S = 15.0
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -56,6 +59,13 @@ def build(settings: Settings | None = None) -> tuple[Service, FastAPI]:
     service.background.append(destination_topics)
     service.background.append(deliver_webhooks)
     service.background.append(periodic("outbox sweep", settings.outbox_interval_s, publisher.sweep))
+    clearing = Gauge("ozg_clearing_cases", "Cases waiting in clearing now (every replica reports the same count)",
+                     registry=service.registry)
+
+    async def count_clearing() -> None:
+        clearing.set(await anyio.to_thread.run_sync(state.store.clearing_count))
+
+    service.background.append(periodic("clearing count", CLEARING_COUNT_INTERVAL_S, count_clearing))
     app = service.create_app(
         title="OZG routing",
         description="Finds the competent authority for a service and a place and dispatches cases to it.",

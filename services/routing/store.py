@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Connection, Engine, Table, bindparam, delete, insert, tuple_, update
+from sqlalchemy import Connection, Engine, Table, bindparam, delete, func, insert, tuple_, update
 from sqlalchemy import select as core_select
 from sqlmodel import Session, SQLModel, col, select
 
@@ -185,6 +185,11 @@ class RoutingStore:
         with Session(self.engine) as session:
             query = select(ClearingCase).order_by(col(ClearingCase.created_at), col(ClearingCase.case_id))
             return list(session.exec(query.offset(offset).limit(limit)).all())
+
+    def clearing_count(self) -> int:
+        """How many cases wait in clearing now."""
+        with self.engine.connect() as connection:
+            return int(connection.scalar(core_select(func.count()).select_from(_CLEARING)) or 0)
 
     def clearing_case(self, case_id: UUID) -> ClearingCase | None:
         """One case waiting in clearing."""

@@ -24,6 +24,8 @@ import yaml
 from cloudcoil.models.keda.v1alpha1 import ScaledObject
 from jsonschema import Draft202012Validator
 
+from shared.settings import KafkaSettings
+
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = sorted((ROOT / "deploy" / "k8s").glob("*.yaml"))
 SERVICES = ("intake", "routing", "notify", "audit")
@@ -151,10 +153,52 @@ def test_every_service_has_probes_a_budget_and_an_autoscaler() -> None:
         assert container["command"] == ["python", "-m", f"services.{name}"]
         assert container["readinessProbe"]["httpGet"]["path"] == "/health/ready"
         assert container["livenessProbe"]["httpGet"]["path"] == "/health/live"
+        # Migrations run before a service listens: the startup probe gives them minutes, the liveness probe 30 s.
+        startup = container["startupProbe"]
+        assert startup["httpGet"]["path"] == "/health/live"
+        assert startup["periodSeconds"] * startup["failureThreshold"] >= 300
         assert pod["securityContext"]["runAsNonRoot"] is True
         scaler = scalers[name]["spec"]
         # Never scale below what the disruption budget keeps available plus one.
         assert scaler["minReplicaCount"] > budgets[name]["spec"]["minAvailable"]
+
+
+def container_env(name: str) -> dict[str, Any]:
+    """A service's environment: the keys of the ConfigMaps it takes whole, then its own variables (value or source)."""
+    container = by_kind("Deployment")[name]["spec"]["template"]["spec"]["containers"][0]
+    config_maps = by_kind("ConfigMap")
+    env: dict[str, Any] = {}
+    for source in container.get("envFrom", []):
+        env.update(config_maps[source["configMapRef"]["name"]]["data"])
+    env.update({var["name"]: var.get("value", var.get("valueFrom")) for var in container.get("env", [])})
+    return env
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_every_variable_names_a_setting(name: str) -> None:
+    # The settings ignore unknown variables: a misspelt one would silently leave the default in place.
+    settings_class = importlib.import_module(f"services.{name}.settings").Settings
+    known = {f"OZG_KAFKA_{field.upper()}" for field in KafkaSettings.model_fields}
+    known |= {f"{name.upper()}_{field.upper()}" for field in settings_class.model_fields}
+    assert set(container_env(name)) - known == set()
+
+
+def test_what_replicas_share_is_shared_and_links_are_public() -> None:
+    intake, notify = container_env("intake"), container_env("notify")
+    # Several replicas: attachments in the object store, letters on a volume every replica mounts.
+    assert intake["INTAKE_BLOB_STORE"] == "s3"
+    assert intake["INTAKE_S3_BUCKET"]
+    assert {"INTAKE_S3_ACCESS_KEY_ID", "INTAKE_S3_SECRET_ACCESS_KEY"} <= {
+        var for var, value in intake.items() if isinstance(value, dict) and "secretKeyRef" in value}
+    pod = by_kind("Deployment")["notify"]["spec"]["template"]["spec"]
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == notify["NOTIFY_LETTER_DIR"])
+    claim = next(v for v in pod["volumes"] if v["name"] == mount["name"])["persistentVolumeClaim"]["claimName"]
+    assert by_kind("PersistentVolumeClaim")[claim]["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert notify["NOTIFY_SMTP_HOST"]
+    assert "secretKeyRef" in notify["NOTIFY_SMTP_PASSWORD"]
+    # Applicants' status links, from intake's answers and in notify's messages, lead to the same public host.
+    assert intake["INTAKE_PUBLIC_BASE_URL"].startswith("https://")
+    assert notify["NOTIFY_STATUS_BASE_URL"] == intake["INTAKE_PUBLIC_BASE_URL"] + "/v1/applications"
 
 
 def test_every_consumer_group_is_scaled_on_its_lag(consumers: list[Consumer]) -> None:

@@ -3,6 +3,7 @@ configuration, the Grafana dashboard's queries, and the docker-compose productio
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import shutil
@@ -83,6 +84,9 @@ def test_docker_compose_is_the_production_shape() -> None:
         assert env["KAFKA_DEFAULT_REPLICATION_FACTOR"] == "3"
         assert env["KAFKA_MIN_INSYNC_REPLICAS"] == "2"
         assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+        # kafka-storage.sh formats only with a cluster id of 16 bytes in base64url (22 characters, no padding).
+        assert len(base64.urlsafe_b64decode(env["CLUSTER_ID"] + "==")) == 16
+        assert len(env["CLUSTER_ID"]) == 22
     for name in ("intake", "routing", "notify", "audit"):
         service = services[name]
         assert service["user"] == "10001"
@@ -90,7 +94,20 @@ def test_docker_compose_is_the_production_shape() -> None:
         assert service["environment"]["OZG_KAFKA_IDEMPOTENCE"] == "true"
         assert service["environment"][f"{name.upper()}_DATABASE_URL"].startswith("postgresql+psycopg://")
     assert services["audit"]["environment"]["AUDIT_ENVIRONMENT"] == "production"  # refuses to run unsigned
+    # Attachments and letters outlive the containers: named volumes where the settings put them.
+    for name, variable in (("intake", "INTAKE_BLOB_DIR"), ("notify", "NOTIFY_LETTER_DIR")):
+        # docker-compose 1 renders a mount as "source:target:mode", Compose 2 as a mapping.
+        mounts = [tuple(m.split(":")[:2]) if isinstance(m, str) else (m["source"], m["target"])
+                  for m in services[name]["volumes"]]
+        assert any(source in config["volumes"] and target == services[name]["environment"][variable]
+                   for source, target in mounts)
+    # Status links lead to the published intake port, not to 127.0.0.1 inside a container.
+    public = services["intake"]["environment"]["INTAKE_PUBLIC_BASE_URL"]
+    assert public == f"http://localhost:{services['intake']['ports'][0]['published']}"
+    assert services["notify"]["environment"]["NOTIFY_STATUS_BASE_URL"] == f"{public}/v1/applications"
     assert {"postgres", "prometheus", "grafana", "mailpit"} <= set(services)
     dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
     assert "USER 10001" in dockerfile
     assert dockerfile.count("FROM ") == 2  # multi-stage
+    # uid 10001 must be able to create its state under WORKDIR /app (a new named volume takes the owner from there).
+    assert "mkdir -p /app/.run/blobs /app/.run/letters && chown -R 10001 /app/.run" in dockerfile

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
+from services.routing import app as routing_app
 from services.routing.app import build
 from services.routing.importer import import_directory
 from services.routing.settings import Settings
@@ -133,8 +134,14 @@ async def test_every_replica_sees_new_destinations_and_a_new_directory(
         assert answer["rule"] == "default:kreisfreie-stadt"
 
 
-async def test_clearing(tmp_path: Path, kafka_settings: KafkaSettings) -> None:
+async def test_clearing(tmp_path: Path, kafka_settings: KafkaSettings, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(routing_app, "CLEARING_COUNT_INTERVAL_S", 0.1)
     service, app = build(settings_for(tmp_path / "routing.db", kafka_settings, demo_destinations=True))
+
+    async def waiting_count(expected: int) -> bool:
+        # What the OzgUnroutableCases alert watches: the cases waiting now, not decisions made lately.
+        return f"ozg_clearing_cases {float(expected)}" in (await client.get("/metrics")).text
+
     async with running(service, app) as client:
         _, operator = await issue_key(kafka_settings, ClientKind.OPERATOR, service=service)
         no_destination = submitted(WOHNGELD, {"ags": "06531007"})  # Heuchelheim: no demo back office
@@ -148,6 +155,7 @@ async def test_clearing(tmp_path: Path, kafka_settings: KafkaSettings) -> None:
             return cases if {str(no_destination.case_id), str(ambiguous.case_id)} <= set(cases) else {}
 
         cases = await wait_until(waiting)
+        await wait_until(lambda: waiting_count(2))
         assert cases[str(no_destination.case_id)]["reason"] == "no_destination"
         assert cases[str(ambiguous.case_id)]["reason"] == "ambiguous_postal_code"
         assert cases[str(ambiguous.case_id)]["reference"] == ambiguous.reference
@@ -185,6 +193,7 @@ async def test_clearing(tmp_path: Path, kafka_settings: KafkaSettings) -> None:
         assert named.status_code == 200, named.text
         remaining = (await client.get("/v1/clearing", headers=bearer(operator))).json()["cases"]
         assert {str(no_destination.case_id), str(ambiguous.case_id)}.isdisjoint(c["case_id"] for c in remaining)
+        await wait_until(lambda: waiting_count(0))
         assert (await client.post(f"/v1/clearing/{uuid.uuid4()}", headers=bearer(operator),
                                   json={"destination_id": LANDRATSAMT_KELHEIM})).status_code == 404
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from prometheus_client import generate_latest
 from sqlalchemy import create_engine, text
 
 from shared.runtime import Service
@@ -106,3 +107,11 @@ def test_audit_migrates_without_its_signing_key(tmp_path: Path) -> None:
     served = run_module("services.audit", "serve", env=env)
     assert served.returncode != 0
     assert "AUDIT_SIGNING_KEY" in served.stderr
+
+
+def test_a_service_reports_itself_down_until_it_reached_its_broker(tmp_path: Path) -> None:
+    # The OzgBrokerUnreachable alert needs a 0 to fire on: a service that never connects must not show no data.
+    kafka = KafkaSettings(bootstrap_servers="127.0.0.1:1")
+    service = Service(ServiceSettings(database_url=f"sqlite:///{tmp_path / 'db'}", kafka=kafka,
+                                      service_name="probe"), migrations=tmp_path)
+    assert 'ozg_service_up{service="probe"} 0.0' in generate_latest(service.registry).decode()
