@@ -74,7 +74,7 @@ class ClientDirectory:
         if self.complete:
             return
         consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
-                                    request_timeout_ms=settings.request_timeout_ms)
+                                    request_timeout_ms=settings.request_timeout_ms, **settings.client_options())
         try:
             await consumer.start()  # inside: a failed start must still close what it opened
             await consumer.topics()  # fetches the metadata of every topic

@@ -75,6 +75,7 @@ def make_broker(
         acks="all",
         enable_idempotence=settings.idempotence,
         client_id=f"ozg-{service}",
+        security=settings.security(),
         request_timeout_ms=settings.request_timeout_ms,
         metadata_max_age_ms=settings.metadata_max_age_ms,
         graceful_timeout=settings.graceful_timeout_s,
@@ -204,6 +205,7 @@ class EventProducer:
             linger_ms=LINGER_MS,
             max_batch_size=BATCH_BYTES,
             max_request_size=DEAD_LETTER_MAX_BYTES,
+            **self._settings.client_options(),
         )
         try:
             await producer.start()

@@ -37,7 +37,8 @@ class ConsumerLag:
     async def _measure(self, group_id: str) -> dict[TopicPartition, int]:
         # A group member that never subscribes reads the group's committed offsets without joining it.
         consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.bootstrap_servers, group_id=group_id,
-                                    enable_auto_commit=False, request_timeout_ms=self.settings.request_timeout_ms)
+                                    enable_auto_commit=False, request_timeout_ms=self.settings.request_timeout_ms,
+                                    **self.settings.client_options())
         try:
             # Inside the try: a start that fails (broker away) must still close what it opened.
             await consumer.start()

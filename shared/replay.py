@@ -123,6 +123,7 @@ async def _consumer(settings: KafkaSettings, dlq: str, group: str) -> AsyncItera
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers, group_id=group, enable_auto_commit=False,
         auto_offset_reset="earliest", request_timeout_ms=settings.request_timeout_ms,
+        **settings.client_options(),
     )
     await consumer.start()
     try:
@@ -197,7 +198,7 @@ async def replay(settings: KafkaSettings, topic: str, selection: Selection, *, g
         if not dry_run and chosen:
             producer = AIOKafkaProducer(
                 bootstrap_servers=settings.bootstrap_servers, acks="all", enable_idempotence=settings.idempotence,
-                request_timeout_ms=settings.request_timeout_ms,
+                request_timeout_ms=settings.request_timeout_ms, **settings.client_options(),
             )
             await producer.start()
             try:

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Self
+
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from faststream.security import BaseSecurity
 
 
 class KafkaSettings(BaseSettings):
@@ -46,6 +52,53 @@ class KafkaSettings(BaseSettings):
     max_event_bytes: int = Field(default=1024 * 1024, ge=1024)
     dlq_retries: int = Field(default=3, ge=0)
     dlq_backoff_s: float = Field(default=0.2, ge=0)
+    # A cluster shared with back offices must know who connects: TLS (optionally with a client certificate) and/or
+    # SASL, so that its ACLs can let only the services write their topics and each back office read its own.
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    # The CA that signed the brokers' certificates (default: the system's), and a client certificate and key for
+    # mutual TLS.
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+
+    @model_validator(mode="after")
+    def _credentials_complete(self) -> Self:
+        if self.security_protocol.startswith("SASL") and not (self.sasl_username and self.sasl_password):
+            raise ValueError(f"security_protocol {self.security_protocol} needs OZG_KAFKA_SASL_USERNAME and "
+                             "OZG_KAFKA_SASL_PASSWORD")
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            raise ValueError("OZG_KAFKA_SSL_KEYFILE needs OZG_KAFKA_SSL_CERTFILE")
+        return self
+
+    def security(self) -> BaseSecurity | None:
+        """FastStream's description of how to connect (None: plaintext, no authentication)."""
+        from aiokafka.helpers import create_ssl_context
+        from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
+
+        if self.security_protocol == "PLAINTEXT":
+            return None
+        tls = self.security_protocol.endswith("SSL")
+        context = create_ssl_context(
+            cafile=str(self.ssl_cafile) if self.ssl_cafile else None,
+            certfile=str(self.ssl_certfile) if self.ssl_certfile else None,
+            keyfile=str(self.ssl_keyfile) if self.ssl_keyfile else None,
+        ) if tls else None
+        if self.security_protocol == "SSL":
+            return BaseSecurity(ssl_context=context, use_ssl=True)
+        assert self.sasl_username is not None
+        assert self.sasl_password is not None
+        sasl = {"PLAIN": SASLPlaintext, "SCRAM-SHA-256": SASLScram256, "SCRAM-SHA-512": SASLScram512}
+        return sasl[self.sasl_mechanism](self.sasl_username, self.sasl_password.get_secret_value(),
+                                         ssl_context=context, use_ssl=tls)
+
+    def client_options(self) -> dict[str, Any]:
+        """The same as keyword arguments of aiokafka's clients (producer, consumer, admin), as FastStream maps it."""
+        from faststream.kafka.security import parse_security
+
+        return parse_security(self.security())
 
 
 class ServiceSettings(BaseSettings):

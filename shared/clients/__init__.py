@@ -36,6 +36,7 @@ async def _publish(settings: KafkaSettings, record: ClientRecord, event_type: st
         acks="all",
         enable_idempotence=settings.idempotence,
         request_timeout_ms=settings.request_timeout_ms,
+        **settings.client_options(),
     )
     await producer.start()
     try:
@@ -81,6 +82,7 @@ async def current(settings: KafkaSettings) -> dict[uuid.UUID, ClientRecord]:
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         request_timeout_ms=settings.request_timeout_ms,
+        **settings.client_options(),
     )
     await consumer.start()
     try:
