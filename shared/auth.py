@@ -93,8 +93,14 @@ class ClientDirectory:
         return len(self._by_id)
 
     def apply(self, record: ClientRecord) -> None:
-        """Take a newer record of a client (registration, rotation or revocation)."""
+        """Take a newer record of a client (registration, rotation or revocation); an older one is ignored.
+
+        After a reconnect the topic is read again from its beginning: its registration must not bring a revoked
+        key back until the revocation is read once more. A revocation keeps its registration's ``issued_at``.
+        """
         old = self._by_id.get(record.client_id)
+        if old is not None and (record.issued_at, record.revoked) < (old.issued_at, old.revoked):
+            return
         if old is not None:
             self._by_hash.pop(old.key_hash, None)
         self._by_id[record.client_id] = record
@@ -146,11 +152,12 @@ def identify(directory: ClientDirectory, credentials: HTTPAuthorizationCredentia
     if credentials is None:
         raise ProblemException(401, "An API key is required (Authorization: Bearer ...).",
                                kind="unauthenticated", headers=challenge)
-    client = directory.authenticate(credentials.credentials)
-    if client is None and not directory.complete:
-        # The key may be one not read yet (a service just restarted): not a verdict on the key.
+    if not directory.complete:
+        # A key not read yet may be valid, and one read already may be revoked by a record not read yet (a service
+        # just started): no verdict on any key until the directory is complete.
         raise ProblemException(503, "The service is still reading its client directory; retry shortly.",
                                kind="not-ready", headers={"Retry-After": "1"})
+    client = directory.authenticate(credentials.credentials)
     if client is None:
         raise ProblemException(401, "The API key is unknown or revoked.", kind="unauthenticated",
                                headers=challenge)

@@ -3,13 +3,16 @@ yet (found by the crash test: every restarted service refused valid keys for a f
 
 from __future__ import annotations
 
+import uuid
+from datetime import UTC, datetime, timedelta
+
 import pytest
 from fastapi.security import HTTPAuthorizationCredentials
 from prometheus_client import CollectorRegistry
 
 from shared import clients
-from shared.auth import ClientDirectory, identify, require
-from shared.events import ClientKind
+from shared.auth import ClientDirectory, hash_key, identify, require
+from shared.events import ClientKind, ClientRecord
 from shared.kafka import make_broker
 from shared.problems import ProblemException
 from shared.settings import KafkaSettings
@@ -46,3 +49,36 @@ async def test_catch_up_returns_once_every_key_issued_before_is_known(kafka_sett
         assert late.value.status == 401
     finally:
         await broker.stop()
+
+
+def test_no_key_gets_a_verdict_until_the_directory_is_complete() -> None:
+    # A key read already may be revoked by a record further on: answering it before the end was read would let a
+    # revoked key in for the first seconds after every start.
+    record, key = ClientRecord(client_id=uuid.uuid4(), name="portal", kind=ClientKind.PORTAL,
+                               scopes=["applications:submit"], key_hash=hash_key("ozg_known"),
+                               issued_at=datetime.now(UTC)), "ozg_known"
+    directory = ClientDirectory()
+    directory.apply(record)
+    with pytest.raises(ProblemException) as early:
+        identify(directory, HTTPAuthorizationCredentials(scheme="Bearer", credentials=key))
+    assert early.value.status == 503
+
+
+def test_reading_the_topic_again_never_brings_a_revoked_key_back() -> None:
+    # After a reconnect the service reads ozg.clients from its beginning: the registration comes before the
+    # revocation again.
+    now = datetime.now(UTC)
+    registered = ClientRecord(client_id=uuid.uuid4(), name="portal", kind=ClientKind.PORTAL,
+                              scopes=["applications:submit"], key_hash=hash_key("ozg_old"), issued_at=now)
+    revoked = registered.model_copy(update={"revoked": True})
+    directory = ClientDirectory()
+    for record in (registered, revoked, registered):
+        directory.apply(record)
+    assert directory.authenticate("ozg_old") is None
+    current = directory.get(registered.client_id)
+    assert current is not None
+    assert current.revoked
+    # A newer record of the client (a later issue) is still taken.
+    renewed = registered.model_copy(update={"key_hash": hash_key("ozg_new"), "issued_at": now + timedelta(seconds=1)})
+    directory.apply(renewed)
+    assert directory.authenticate("ozg_new") == renewed
