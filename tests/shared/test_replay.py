@@ -92,7 +92,10 @@ async def test_dead_letters_are_replayed_once_the_cause_is_fixed(kafka_settings:
     await ensure_topics(kafka_settings.model_copy(update={"partitions": 1}), [TopicSpec(topic), TopicSpec(dlq)])
     engine = make_engine(f"sqlite:///{tmp_path / 'consumer.db'}")
     SQLModel.metadata.create_all(engine, tables=[ProcessedEvent.__table__])  # type: ignore[list-item]
-    # The table of the effect is missing (a migration not yet run): every event fails until it exists.
+    # The table of the effect takes no event id (a faulty migration): every event fails until it is mended. (A
+    # missing table would be an OperationalError, which the consumer waits out instead of dead-lettering.)
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE effects (event_id VARCHAR PRIMARY KEY CHECK (length(event_id) < 8))"))
     broker, _ = make_broker(kafka_settings, service=CONSUMER, registry=CollectorRegistry())
 
     handled: list[str] = []  # deliveries that completed, taking effect or dropped as repeats
@@ -118,12 +121,13 @@ async def test_dead_letters_are_replayed_once_the_cause_is_fixed(kafka_settings:
         report = replay.overview(found, limit=10)
         assert report["pending"] == 3
         assert {(row["consumer"], row["error"], row["count"]) for row in report["by_error"]} == {
-            (CONSUMER, "OperationalError", 2), (CONSUMER, "InvalidEvent", 1)}
+            (CONSUMER, "IntegrityError", 2), (CONSUMER, "InvalidEvent", 1)}
         assert [(r["offset"], r["ce_id"]) for r in report["records"]] == [
             (0, first.event_id), (1, None), (2, second.event_id)]
 
         # The cause is fixed.
         with engine.begin() as connection:
+            connection.execute(text("DROP TABLE effects"))
             connection.execute(text("CREATE TABLE effects (event_id VARCHAR PRIMARY KEY)"))
 
         dry = await replay.replay(kafka_settings, topic, replay.Selection(everything=True), group=group,
