@@ -1,35 +1,32 @@
 """Audit's HTTP API for auditors and data-protection officers (SPEC §5 audit)."""
 
 
-import logging
 import uuid
 from typing import Annotated, Any
 
 import anyio.to_thread
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
-from prometheus_client import Gauge
 
 from services.audit.models import CaseTrail, CheckpointList, VerifyReport
+from services.audit.monitor import ChainMonitor
 from services.audit.signing import CheckpointSigner
-from services.audit.store import AuditStore
+from services.audit.store import Anchor, AuditStore
 from shared.auth import require
 from shared.db import MAX_BIGINT
 from shared.events import ClientRecord
 from shared.problems import MEDIA_TYPE, ProblemException
 from shared.runtime import Service
 
-log = logging.getLogger(__name__)
-
 PROBLEM: dict[str, Any] = {"content": {MEDIA_TYPE: {}}}
 PEM_MEDIA_TYPE = "application/x-pem-file"
+# A head hash as /v1/checkpoints gives it.
+HEAD_HASH_PATTERN = "^[0-9a-f]{64}$"
 
 
-def create_router(service: Service, store: AuditStore, signer: CheckpointSigner) -> APIRouter:
-    """The routes of audit's API."""
+def create_router(service: Service, store: AuditStore, signer: CheckpointSigner, monitor: ChainMonitor) -> APIRouter:
+    """The routes of audit's API; ``monitor`` verifies the chain and exports the verdict."""
     router = APIRouter(prefix="/v1", tags=["audit"])
-    intact = Gauge("ozg_audit_chain_intact", "1 if the last verification found the chain intact, else 0",
-                   registry=service.registry)
     read_scope = require(service.clients, "audit:read")
 
     @router.get("/cases/{case_id}/trail", summary="The audit trail of a case",
@@ -41,14 +38,32 @@ def create_router(service: Service, store: AuditStore, signer: CheckpointSigner)
             raise ProblemException(404, "No audit entries for this case.", kind="not-found")
         return CaseTrail(case_id=case_id, entries=entries)
 
-    @router.get("/verify", summary="Verify the whole hash chain", responses={401: PROBLEM, 403: PROBLEM})
-    async def verify(_client: Annotated[ClientRecord, Depends(read_scope)]) -> VerifyReport:
-        """Recompute the chain: whether it is intact, its length and head hash, or the first broken entry."""
-        report = await anyio.to_thread.run_sync(store.verify, signer.public_key)
-        intact.set(1 if report.intact else 0)
-        if not report.intact:
-            log.error("audit chain broken", extra={"first_bad_seq": report.first_bad_seq, "problem": report.problem})
-        return report
+    @router.get("/verify", summary="Verify the whole hash chain",
+                responses={401: PROBLEM, 403: PROBLEM, 422: PROBLEM})
+    async def verify(
+        _client: Annotated[ClientRecord, Depends(read_scope)],
+        seq: Annotated[int | None, Query(
+            ge=1, le=MAX_BIGINT, description="seq of a checkpoint you kept (with head_hash): the chain must reach it",
+        )] = None,
+        head_hash: Annotated[str | None, Query(
+            pattern=HEAD_HASH_PATTERN, description="head_hash of that checkpoint: entry seq's hash must be it",
+        )] = None,
+    ) -> VerifyReport:
+        """Recompute the chain: whether it is intact, its length and head hash, or the first broken entry.
+
+        With ``seq`` and ``head_hash`` of a checkpoint fetched earlier from ``/v1/checkpoints`` (its signature
+        checked) and kept outside audit, the chain must also reach entry ``seq`` with that hash: this catches a
+        tail removed together with its checkpoints, which the checkpoints stored beside the chain cannot."""
+        if (seq is None) != (head_hash is None):
+            missing = "head_hash" if head_hash is None else "seq"
+            raise ProblemException(
+                422, "Give an expected checkpoint as both seq and head_hash, or neither.", kind="validation",
+                title="Validation failed",
+                errors=[{"parameter": missing, "in": "query", "detail": "required with the other",
+                         "code": "missing"}],
+            )
+        anchors = [Anchor(seq, head_hash)] if seq is not None and head_hash is not None else []
+        return await anyio.to_thread.run_sync(monitor.verify, anchors)
 
     @router.get("/checkpoints/public-key", summary="The public key of the checkpoint signatures",
                 response_class=Response, responses={200: {"content": {PEM_MEDIA_TYPE: {}}}})

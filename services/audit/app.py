@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
+from functools import partial
 from pathlib import Path
 
 import anyio.to_thread
@@ -14,6 +16,7 @@ from fastapi import FastAPI
 from sqlalchemy.exc import SQLAlchemyError
 
 from services.audit import api, handlers
+from services.audit.monitor import ChainMonitor
 from services.audit.settings import Settings
 from services.audit.signing import (
     CheckpointSigner,
@@ -22,7 +25,7 @@ from services.audit.signing import (
     load_public_key,
     resolve_private_key,
 )
-from services.audit.store import AuditStore
+from services.audit.store import Anchor, AuditStore
 from shared import db
 from shared.jobs import periodic
 from shared.logs import configure_logging
@@ -56,12 +59,19 @@ def build(settings: Settings | None = None) -> tuple[Service, FastAPI]:
     # A checkpoint every checkpoint_interval_s while the chain grows, however slowly.
     service.background.append(periodic("audit checkpoint", min(settings.checkpoint_interval_s / 4, 5.0),
                                        lambda: anyio.to_thread.run_sync(store.checkpoint_if_due), wait_first=True))
+    monitor = ChainMonitor(store, signer.public_key, service.registry)
+    if settings.verify_interval_s > 0:
+        # The whole chain every verify_interval_s, the first time one interval after the start: a restart changes
+        # nothing in the chain, and a replica KEDA starts because of lag should catch up before walking the chain.
+        service.background.append(periodic(
+            "audit verification", settings.verify_interval_s,
+            lambda: anyio.to_thread.run_sync(partial(monitor.verify, trigger="schedule")), wait_first=True))
     app = service.create_app(
         title="OZG audit",
         description="Keeps an append-only, tamper-evident hash chain of every event, with Ed25519-signed "
         "checkpoints; serves case trails, checkpoints and their public key, and verifies the chain. Holds digests "
         "of event data, never the data.",
-        routers=[api.create_router(service, store, signer)],
+        routers=[api.create_router(service, store, signer, monitor)],
     )
     return service, app
 
@@ -92,16 +102,33 @@ def _public_key(settings: Settings, public_key_file: Path | None) -> Ed25519Publ
     return key.public_key() if key is not None else None
 
 
+_ANCHOR = re.compile(r"([0-9]{1,19}):([0-9a-f]{64})")
+
+
+def _anchor(text: str) -> Anchor:
+    """An ``--expect`` value: ``SEQ:HEAD_HASH`` of a checkpoint the auditor kept."""
+    match = _ANCHOR.fullmatch(text)
+    if match is None or not 1 <= int(match[1]) <= db.MAX_BIGINT:
+        raise argparse.ArgumentTypeError(
+            f"expected SEQ:HEAD_HASH (seq 1 to {db.MAX_BIGINT}, head hash 64 lower-case hex digits), got {text!r}")
+    return Anchor(int(match[1]), match[2])
+
+
 def verify_command(args: list[str], settings: Settings | None = None) -> int:
-    """``python -m services.audit verify [--public-key FILE]``: print the report as JSON; exit 0 if intact,
-    1 if not, 2 on error.
+    """``python -m services.audit verify [--public-key FILE] [--expect SEQ:HEAD_HASH ...]``: print the report as
+    JSON; exit 0 if intact, 1 if not, 2 on error.
 
     Checkpoint signatures are checked against the PEM public key in FILE (as ``GET /v1/checkpoints/public-key``
-    serves it), else against the public half of the configured signing key.
+    serves it), else against the public half of the configured signing key. Each ``--expect`` is a checkpoint
+    the auditor fetched earlier and kept outside audit's database: the chain must reach its seq with its head hash.
     """
     parser = argparse.ArgumentParser(prog="python -m services.audit verify")
     parser.add_argument("--public-key", type=Path, default=None,
                         help="PEM file of the checkpoint public key (default: from AUDIT_SIGNING_KEY)")
+    parser.add_argument("--expect", type=_anchor, action="append", default=[], metavar="SEQ:HEAD_HASH",
+                        help="a checkpoint kept outside audit's database (seq and head_hash, as GET /v1/checkpoints "
+                        "gave them, signature checked): the chain must reach entry SEQ and its hash be HEAD_HASH; "
+                        "repeatable")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="processes that walk parts of a long chain (default: one per CPU)")
     options = parser.parse_args(args)
@@ -110,7 +137,7 @@ def verify_command(args: list[str], settings: Settings | None = None) -> int:
     engine = db.make_engine(settings.database_url)
     try:
         public_key = _public_key(settings, options.public_key)
-        report = AuditStore(engine).verify(public_key, workers=max(1, options.workers))
+        report = AuditStore(engine).verify(public_key, workers=max(1, options.workers), anchors=options.expect)
     except (SigningKeyError, OSError) as exc:
         print(f"cannot check the checkpoint signatures: {exc}", file=sys.stderr)
         return 2

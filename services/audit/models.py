@@ -141,6 +141,9 @@ class VerifyReport(BaseModel):
     problem: str | None = PydanticField(description="What is wrong with that entry, or null")
     kind: ProblemKind | None = PydanticField(default=None, description="The class of the problem, or null")
     checkpoint_seq: int | None = PydanticField(
-        default=None, description="The checkpoint that revealed the problem (by its seq), or null")
+        default=None, description="The checkpoint that revealed the problem (by its seq; a stored one or an "
+        "expected one given to verify), or null")
     checkpoints: int = PydanticField(default=0, description="Number of checkpoints checked")
     last_checkpoint_seq: int | None = PydanticField(default=None, description="seq of the newest checkpoint")
+    anchors: int = PydanticField(
+        default=0, description="Number of expected checkpoints given to verify (kept by the verifier) and checked")

@@ -27,6 +27,8 @@ class Settings(ServiceSettings):
     checkpoint_every: int = Field(default=1000, ge=1)
     # ... or once this many seconds passed and the chain has grown.
     checkpoint_interval_s: float = Field(default=60.0, gt=0)
+    # The service verifies the whole chain every this many seconds (first one interval after the start); 0: never.
+    verify_interval_s: float = Field(default=3600.0, ge=0)
     # Events are appended in batches of up to this many records, one transaction each.
     batch_max_records: int = Field(default=500, ge=1)
     batch_timeout_ms: int = Field(default=20, ge=1)

@@ -4,7 +4,8 @@ worker thread.
 Each entry's ``hash`` is the SHA-256 of a canonical JSON serialisation of all its other fields, ``prev_hash``
 included, so changing, removing, inserting or reordering an entry breaks the chain from that point on. Signed
 checkpoints (sequence, head hash, time) catch what the chain alone cannot: a cut-off tail, or a chain rewritten
-and re-hashed as a whole.
+and re-hashed as a whole. Checkpoints read from the same database go when the database goes: a verifier who kept
+checkpoints of its own passes them as anchors, which catch a tail cut off together with its checkpoints.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import multiprocessing
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from json.encoder import encode_basestring_ascii as _json
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -46,7 +48,9 @@ from services.audit.signing import (
     signature_valid,
 )
 
-__all__ = ["HASHED_COLUMNS", "AuditStore", "NewEntry", "canonical_fields", "canonical_time", "entry_hash"]
+__all__ = [
+    "HASHED_COLUMNS", "Anchor", "AuditStore", "NewEntry", "canonical_fields", "canonical_time", "entry_hash",
+]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +60,8 @@ HASHED_COLUMNS = (
     "offset", "data_sha256", "status", "destination_id", "reason", "prev_hash",
 )
 _FIELD_COUNT = len(HASHED_COLUMNS)
+# A head hash as an anchor gives it: SHA-256, 64 lower-case hex digits.
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 # Bound parameters per "event_id IN (...)" query: far below every database's limit.
 _LOOKUP_CHUNK = 500
 # The canonical time format, as PostgreSQL's to_char writes it (SQLite's stored text is turned into the same).
@@ -78,6 +84,14 @@ class NewEntry:
     status: str | None = None
     destination_id: UUID | None = None
     reason: str | None = None
+
+
+class Anchor(NamedTuple):
+    """A checkpoint the verifier kept outside audit's database (seq and head hash of a checkpoint it fetched and
+    whose signature it checked): the chain must reach entry ``seq``, and that entry's hash must be ``head_hash``."""
+
+    seq: int
+    head_hash: str
 
 
 def canonical_fields(entry: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -209,7 +223,7 @@ class _Walk:
     bad_seq: int | None = None
     kind: ProblemKind | None = None
     problem: str | None = None
-    # The stored hash of each checkpointed entry, up to the first broken entry.
+    # The stored hash of each checkpointed (or anchored) entry, up to the first broken entry.
     hashes_at: dict[int, str] = field(default_factory=dict)
     # The first row walked: its seq and its prev_hash (joining a part of the chain to the part before it).
     first_seq: int | None = None
@@ -386,9 +400,14 @@ class AuditStore:
             return [Checkpoint.model_validate(dict(row._mapping)) for row in connection.execute(query)]
 
     def verify(
-        self, public_key: Ed25519PublicKey | None = None, batch_size: int = 20_000, workers: int = 1
+        self, public_key: Ed25519PublicKey | None = None, batch_size: int = 20_000, workers: int = 1,
+        anchors: Sequence[Anchor] = (),
     ) -> VerifyReport:
         """Recompute the whole chain in seq order and check every checkpoint against it and ``public_key``.
+
+        ``anchors`` are checkpoints the verifier kept outside this database: the chain must reach each one's seq
+        (else ``truncated``) and have its head hash there (else ``checkpoint_mismatch``). They catch what the
+        stored checkpoints cannot once those were removed together with the tail they cover.
 
         ``public_key`` defaults to the signer's. Rows arrive ``batch_size`` at a time as plain tuples from the
         driver's cursor (a server-side cursor on PostgreSQL), so memory stays flat however long the chain is.
@@ -400,6 +419,9 @@ class AuditStore:
         dialect = self.engine.dialect.name
         if dialect not in ("sqlite", "postgresql"):
             raise ValueError(f"verify() supports SQLite and PostgreSQL, not {dialect}")
+        for anchor in anchors:
+            if anchor.seq < 1 or not _HEX64.fullmatch(anchor.head_hash):
+                raise ValueError("an anchor is a seq >= 1 and a head hash of 64 lower-case hex digits")
         key = public_key or (self.signer.public_key if self.signer is not None else None)
         with self.engine.connect() as connection:
             # Checkpoints first: each one read covers entries already committed, so the chain read next has them.
@@ -412,7 +434,8 @@ class AuditStore:
             connection.rollback()
         if checkpoints and key is None:
             raise SigningKeyError("no public key to check the checkpoint signatures with")
-        seqs = [c[0] for c in checkpoints]
+        # The walk keeps the stored hash at each of these seqs, for _report() to compare.
+        seqs = sorted({c[0] for c in checkpoints} | {a.seq for a in anchors})
         database = self.engine.url.database or ""
         if workers > 1 and last >= workers * _MIN_PART and (dialect == "postgresql" or database != ":memory:"):
             # The parts end at the head read above: entries appended meanwhile are left out, as a walk started
@@ -425,7 +448,7 @@ class AuditStore:
             walk = _join(parts)
         else:
             walk = _walk_rows(self.engine, seqs, batch_size)
-        return _report(walk, checkpoints, key)
+        return _report(walk, checkpoints, key, anchors)
 
 
 # Below this many entries per worker, starting processes costs more than it saves.
@@ -619,9 +642,11 @@ def _walk(
 
 
 def _report(
-    walk: _Walk, checkpoints: Sequence[tuple[int, str, str, str, str]], key: Ed25519PublicKey | None
+    walk: _Walk, checkpoints: Sequence[tuple[int, str, str, str, str]], key: Ed25519PublicKey | None,
+    anchors: Sequence[Anchor] = (),
 ) -> VerifyReport:
-    """The verdict: the problem with the lowest sequence number among the chain's and the checkpoints'."""
+    """The verdict: the problem with the lowest sequence number among the chain's, the checkpoints' and the
+    anchors'."""
     # (seq, rank, kind, problem, checkpoint seq): at one seq, the chain's own finding is the more precise.
     found: list[tuple[int, int, ProblemKind, str, int | None]] = []
     if walk.bad_seq is not None and walk.kind is not None and walk.problem is not None:
@@ -642,9 +667,25 @@ def _report(
                           f"truncated: the chain ends at entry {walk.last_seq}, but checkpoint {seq} (signed at "
                           f"{time}) covers {seq} entries; entries from {first_missing} on were removed", seq))
         previous = seq
+    # An anchor is a checkpoint the verifier kept: the same checks but the signature, which the verifier checked
+    # when it fetched it. From the first broken entry on the walk kept no hashes: the chain's own finding, at a
+    # lower seq, is the verdict then.
+    for seq, head_hash in sorted(set(anchors)):
+        if seq in walk.hashes_at:
+            if walk.hashes_at[seq] != head_hash:
+                found.append((seq, 1, "checkpoint_mismatch",
+                              f"entry {seq} differs from the expected checkpoint {seq} given to verify: the chain "
+                              "was rewritten up to there", seq))
+        elif seq > walk.last_seq:
+            first_missing = walk.last_seq + 1
+            found.append((first_missing, 1, "truncated",
+                          f"truncated: the chain ends at entry {walk.last_seq}, but the expected checkpoint {seq} "
+                          f"given to verify covers {seq} entries; entries from {first_missing} on were removed",
+                          seq))
     report = VerifyReport(
         intact=not found, length=walk.length, head_hash=walk.head_hash, first_bad_seq=None, problem=None,
         checkpoints=len(checkpoints), last_checkpoint_seq=checkpoints[-1][0] if checkpoints else None,
+        anchors=len(set(anchors)),
     )
     if found:
         bad_seq, _, kind, problem, checkpoint_seq = min(found, key=lambda item: (item[0], item[1]))

@@ -8,11 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import delete
 
-from services.audit.app import MIGRATIONS
+from services.audit.app import MIGRATIONS, verify_command
 from services.audit.models import ENTRIES
+from services.audit.settings import Settings
 from services.audit.signing import CheckpointSigner, development_key_file, resolve_private_key
 from services.audit.store import AuditStore
 from shared import db
@@ -43,8 +45,19 @@ def test_verify_command(tmp_path: Path) -> None:
         assert intact.returncode == 0, intact.stderr
         assert json.loads(intact.stdout) == {
             "intact": True, "length": 3, "head_hash": rows[-1]["hash"], "first_bad_seq": None, "problem": None,
-            "kind": None, "checkpoint_seq": None, "checkpoints": 1, "last_checkpoint_seq": 3,
+            "kind": None, "checkpoint_seq": None, "checkpoints": 1, "last_checkpoint_seq": 3, "anchors": 0,
         }
+        # Checkpoints the auditor kept (seq:head_hash), repeatable: the chain reaches them with their hashes.
+        kept = [f"--expect={row['seq']}:{row['hash']}" for row in rows[1:]]
+        anchored = verify_cli(url, *kept)
+        assert anchored.returncode == 0, anchored.stderr
+        assert json.loads(anchored.stdout)["anchors"] == 2
+        beyond = verify_cli(url, "--expect", f"5:{'b' * 64}")
+        assert beyond.returncode == 1
+        assert (json.loads(beyond.stdout)["kind"], json.loads(beyond.stdout)["first_bad_seq"]) == ("truncated", 4)
+        malformed = verify_cli(url, "--expect", "5")
+        assert malformed.returncode == 2
+        assert "SEQ:HEAD_HASH" in malformed.stderr
 
         # An auditor holding only the public key; and one holding the wrong key.
         public = tmp_path / "audit-public.pem"
@@ -74,3 +87,13 @@ def test_verify_command(tmp_path: Path) -> None:
     missing_key = verify_cli(url, "--public-key", str(tmp_path / "nowhere.pem"))
     assert missing_key.returncode == 2
     assert "cannot check the checkpoint signatures" in missing_key.stderr
+
+
+@pytest.mark.parametrize("malformed", ["5", f"0:{'b' * 64}", f"{2**63}:{'b' * 64}", f"5:{'B' * 64}",
+                                       f"5:{'b' * 63}", f"x:{'b' * 64}", f"5:{'b' * 64}:1", f" 5:{'b' * 64}",
+                                       f"{'9' * 5000}:{'b' * 64}"])
+def test_verify_refuses_a_malformed_expected_checkpoint(malformed: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        verify_command(["--expect", malformed], Settings(database_url="sqlite://"))
+    assert exited.value.code == 2
+    assert "SEQ:HEAD_HASH" in capsys.readouterr().err

@@ -7,6 +7,7 @@ holds other tests' events too: every assertion looks at this test's own case ids
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -134,6 +135,9 @@ async def test_trail_and_verify_over_the_broker(settings: Settings, kafka_settin
         assert data.applicant.name not in trail_text
         assert data.reference not in trail_text
 
+        # No verdict before the first verification (the service's own runs once an hour, the first an hour after
+        # the start): the critical alert on "ozg_audit_chain_intact == 0" cannot fire at a start.
+        assert not re.search(r"^ozg_audit_chain_intact", (await client.get("/metrics")).text, re.MULTILINE)
         verified = await client.get("/v1/verify", headers=bearer(auditor))
         assert verified.status_code == 200
         report = verified.json()
@@ -186,6 +190,32 @@ async def test_trail_and_verify_over_the_broker(settings: Settings, kafka_settin
         last = await client.get(f"/v1/checkpoints?after_seq={2**63 - 1}", headers=bearer(auditor))
         assert last.status_code == 200
         assert last.json()["checkpoints"] == []
+
+        # A checkpoint the auditor kept, passed back: the chain must still reach it with its hash.
+        kept = body["checkpoints"][-1]
+        anchored = await client.get("/v1/verify", params={"seq": kept["seq"], "head_hash": kept["head_hash"]},
+                                    headers=bearer(auditor))
+        assert anchored.status_code == 200
+        assert (anchored.json()["intact"], anchored.json()["anchors"]) == (True, 1)
+        beyond_head = kept["seq"] + 1_000_000
+        cut = await client.get("/v1/verify", params={"seq": beyond_head, "head_hash": kept["head_hash"]},
+                               headers=bearer(auditor))
+        assert cut.status_code == 200
+        assert (cut.json()["intact"], cut.json()["kind"], cut.json()["checkpoint_seq"]) == (
+            False, "truncated", beyond_head)
+        assert "ozg_audit_chain_intact 0.0" in (await client.get("/metrics")).text
+        assert (await client.get("/v1/verify", headers=bearer(auditor))).json()["intact"] is True
+        assert "ozg_audit_chain_intact 1.0" in (await client.get("/metrics")).text
+        # Both or neither, a seq the database can hold, a head hash as /v1/checkpoints gives it.
+        for query, parameter in ((f"seq={kept['seq']}", "head_hash"), (f"head_hash={kept['head_hash']}", "seq"),
+                                 (f"seq=0&head_hash={kept['head_hash']}", "seq"),
+                                 (f"seq={2**63}&head_hash={kept['head_hash']}", "seq"),
+                                 (f"seq=1&head_hash={kept['head_hash'].upper()}", "head_hash"),
+                                 (f"seq=1&head_hash={kept['head_hash'][:-1]}", "head_hash")):
+            refused = await client.get(f"/v1/verify?{query}", headers=bearer(auditor))
+            assert refused.status_code == 422, query
+            assert refused.headers["content-type"] == "application/problem+json"
+            assert refused.json()["errors"][0]["parameter"] == parameter, query
 
 
 async def test_redelivered_event_is_recorded_once(sqlite_settings: Settings, kafka_settings: KafkaSettings) -> None:

@@ -47,7 +47,7 @@ def test_empty_chain_is_intact(store: AuditStore) -> None:
     report = store.verify()
     assert report.model_dump() == {
         "intact": True, "length": 0, "head_hash": GENESIS_HASH, "first_bad_seq": None, "problem": None,
-        "kind": None, "checkpoint_seq": None, "checkpoints": 0, "last_checkpoint_seq": None,
+        "kind": None, "checkpoint_seq": None, "checkpoints": 0, "last_checkpoint_seq": None, "anchors": 0,
     }
 
 

@@ -13,7 +13,7 @@ from sqlalchemy import Connection, Engine, delete, update
 from services.audit import store as store_module
 from services.audit.models import ENTRIES
 from services.audit.signing import CheckpointSigner
-from services.audit.store import AuditStore, canonical_fields, entry_hash
+from services.audit.store import Anchor, AuditStore, canonical_fields, entry_hash
 from tests.audit.chain import drop_guards, fill
 
 # 12 entries, a checkpoint after every 4: with 2 workers the parts are 1–6 and 7–12, with 3 workers 1–4, 5–8, 9–12.
@@ -87,3 +87,10 @@ def test_parts_find_what_a_single_walk_finds(
         assert store.verify(workers=workers).model_dump() == single, f"{workers} workers"
     assert joined == [2, 3]
     assert single["intact"] is (scenario == "intact")
+    # Anchors (checkpoints kept by the auditor) at the edges of parts and at the head: honoured by every part.
+    anchors = [Anchor(seq, rows[seq - 1]["hash"]) for seq in (6, 7, 12)]
+    anchored = store.verify(anchors=anchors).model_dump()
+    for workers in (2, 3):
+        assert store.verify(workers=workers, anchors=anchors).model_dump() == anchored, f"{workers} workers"
+    assert anchored["intact"] is (scenario == "intact")
+    assert anchored["anchors"] == 3
