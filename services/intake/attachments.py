@@ -1,5 +1,6 @@
 """Attachment uploads: a streamed multipart/form-data body into the blob store, with its SHA-512, its real media
-type (from the bytes, whatever the client claims) and a size limit enforced while reading."""
+type (from the bytes, whatever the client claims) and a size limit enforced while reading: on the file and on the
+whole body, whether or not the client declared its length."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import anyio
 import anyio.to_thread
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from services.intake.blobs import BlobStore, BlobWriter
+from services.intake.blobs import STALE_PART_S, BlobStore, BlobWriter
 from services.intake.store import IntakeStore
 from shared.jobs import periodic
 from shared.problems import ProblemException
@@ -27,6 +29,12 @@ log = logging.getLogger(__name__)
 SNIFF_BYTES = 512
 _XML_NAME_START = re.compile(rb"[A-Za-z_:]")
 MAX_FIELD_BYTES = 1024
+# The form fields besides ``file`` that the API documents (``UPLOAD_SCHEMA`` in api.py), each at most once: any
+# other part is refused when its headers arrive, so a request holds at most two parts.
+FIELDS = frozenset({"sha512"})
+# What a body may carry besides the file: boundaries, part headers, the ``sha512`` field, a short epilogue. A body
+# longer than the file limit plus this is refused (413), counted as it arrives, with or without Content-Length.
+BODY_ALLOWANCE = 64 * 1024
 # What ``sniff`` recognises: the only media types intake accepts.
 MEDIA_TYPES = ("application/pdf", "image/png", "image/jpeg", "application/xml")
 
@@ -62,9 +70,9 @@ def unsupported() -> ProblemException:
                             kind="unsupported-media-type", title="Unsupported media type")
 
 
-def invalid(detail: str, pointer: str = "#/file") -> ProblemException:
+def invalid(detail: str, pointer: str = "#/file", code: str = "invalid") -> ProblemException:
     return ProblemException(422, detail, kind="validation", title="Validation failed",
-                            errors=[{"pointer": pointer, "detail": detail, "code": "invalid"}])
+                            errors=[{"pointer": pointer, "detail": detail, "code": code}])
 
 
 @dataclass
@@ -138,8 +146,10 @@ async def receive(
 ) -> tuple[Upload, dict[str, str]]:
     """Stream a multipart/form-data body with one file in the field ``file`` into ``blobs``.
 
-    Returns the upload and the other (small) form fields. Raises ProblemException: 413 beyond ``limit`` (reading
-    stops at once), 415 for content that is not PDF, PNG, JPEG or XML, 422 for a malformed form.
+    Returns the upload and the other (small) form fields: only those in ``FIELDS``. Raises ProblemException: 413
+    for a file beyond ``limit`` or a body beyond ``limit + BODY_ALLOWANCE`` (reading stops at once), 415 for
+    content that is not PDF, PNG, JPEG or XML, 422 for a malformed form or a part the API does not document.
+    Whatever was written is removed when it raises.
     """
     kind, options = parse_options_header(content_type)
     boundary = options.get(b"boundary")
@@ -177,8 +187,12 @@ async def receive(
     done: _FileSink | None = None
     fields: dict[str, str] = {}
     field_value = b""
+    received = 0
     try:
         async for chunk in body:
+            received += len(chunk)
+            if received > limit + BODY_ALLOWANCE:
+                raise too_large(limit)
             try:
                 parser.write(chunk)
             except Exception:  # noqa: BLE001 - python-multipart raises several kinds for broken input
@@ -199,6 +213,12 @@ async def receive(
                         if done is not None or sink is not None:
                             raise invalid("Send one file per request.")
                         sink = _FileSink(blobs, safe_filename(part.filename or ""), limit)
+                    elif part.name not in FIELDS:
+                        # Not echoed: the name is the client's input.
+                        raise invalid("Unknown form field: only 'file' and 'sha512' are accepted.", "#",
+                                      "unknown_field")
+                    elif part.name in fields:
+                        raise invalid(f"The field '{part.name}' was sent twice.", f"#/{part.name}", "duplicate")
                 elif event == "data":
                     if part.name == "file" and sink is not None:
                         await sink.feed(value)
@@ -210,7 +230,7 @@ async def receive(
                     if part.name == "file" and sink is not None:
                         await sink.finish()
                         done, sink = sink, None
-                    elif part.name:
+                    elif part.name in FIELDS:
                         fields[part.name] = field_value.decode("utf-8", "replace")
             pending.clear()
         if sink is not None:
@@ -218,11 +238,13 @@ async def receive(
         if done is None:
             raise invalid("The field 'file' is missing.")
     except BaseException:
-        for open_sink in (sink, done):
-            if open_sink is not None:
-                await open_sink.abort()
-        if done is not None:
-            await blobs.delete(done.attachment_id)
+        # Shielded: a cancelled request (the client gone, a shutdown) must still remove what it wrote.
+        with anyio.CancelScope(shield=True):
+            for open_sink in (sink, done):
+                if open_sink is not None:
+                    await open_sink.abort()
+            if done is not None:
+                await blobs.delete(done.attachment_id)
         raise
     assert done.media_type is not None
     upload = Upload(attachment_id=done.attachment_id, filename=done.filename, media_type=done.media_type,
@@ -230,8 +252,20 @@ async def receive(
     return upload, fields
 
 
-async def sweep_unreferenced(store: IntakeStore, blobs: BlobStore, older_than_s: float) -> int:
-    """Remove uploads that no application referenced within ``older_than_s``; returns how many."""
+async def sweep_unreferenced(
+    store: IntakeStore, blobs: BlobStore, older_than_s: float, partial_older_than_s: float = STALE_PART_S
+) -> int:
+    """Remove uploads that no application referenced within ``older_than_s``; returns how many.
+
+    First (it needs no database) what uploads never finished left in the blob store, a crashed process's temporary
+    files, once nothing was written to them for ``partial_older_than_s`` (``BlobStore.sweep_partial``); logged as
+    ``partial_uploads``.
+    """
+    try:
+        partial = await blobs.sweep_partial(partial_older_than_s)
+    except OSError as exc:  # must not hold up the sweep of unreferenced uploads
+        partial = 0
+        log.warning("sweep of partial uploads failed", extra={"error": type(exc).__name__})
     cutoff = datetime.now(UTC) - timedelta(seconds=older_than_s)
     removed = 0
     for attachment_id in await anyio.to_thread.run_sync(store.unreferenced_before, cutoff):
@@ -239,8 +273,8 @@ async def sweep_unreferenced(store: IntakeStore, blobs: BlobStore, older_than_s:
         if await anyio.to_thread.run_sync(store.forget_unreferenced, attachment_id):
             await blobs.delete(attachment_id)
             removed += 1
-    if removed:
-        log.info("removed unreferenced attachments", extra={"count": removed})
+    if removed or partial:
+        log.info("removed unreferenced attachments", extra={"count": removed, "partial_uploads": partial})
     return removed
 
 

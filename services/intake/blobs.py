@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterator
+import stat
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 from uuid import UUID
@@ -26,6 +28,12 @@ CHUNK = 64 * 1024
 # S3 wants every part of a multipart upload but the last to have at least 5 MiB; this much is buffered per upload.
 MIN_PART_BYTES = 5 * 1024 * 1024
 PART_BYTES = 8 * 1024 * 1024
+# A local upload's temporary file that nothing was written to for this long belongs to no upload still running: its
+# process crashed. Judged by the last write, not by when the upload began: uvicorn sets no time limit on reading a
+# body, so a slow upload may take longer than any fixed age, but its bytes reach the file at least every 8 KiB (the
+# write buffer). A process never sweeps its own uploads in progress, however old; the hour protects those of another
+# process sharing the directory (its client would have to send under 8 KiB in an hour) and allows for clock skew.
+STALE_PART_S = 3600.0
 
 
 class BlobWriter(Protocol):
@@ -53,12 +61,17 @@ class BlobStore(Protocol):
     async def delete(self, blob_id: UUID) -> None:
         """Remove the blob (no error if it is gone already)."""
 
+    async def sweep_partial(self, older_than_s: float) -> int:
+        """Remove what writers never committed nor aborted left behind (their process crashed), once nothing was
+        written to it for ``older_than_s``; returns how many."""
+
 
 class _LocalWriter:
-    def __init__(self, handle: BinaryIO, temporary: Path, final: Path) -> None:
+    def __init__(self, handle: BinaryIO, temporary: Path, final: Path, finished: Callable[[Path], None]) -> None:
         self._handle = handle
         self._temporary = temporary
         self._final = final
+        self._finished = finished
 
     async def write(self, chunk: bytes) -> None:
         await anyio.to_thread.run_sync(self._handle.write, chunk)
@@ -71,21 +84,30 @@ class _LocalWriter:
             self._final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(self._temporary, self._final)
 
-        await anyio.to_thread.run_sync(finish)
+        try:
+            await anyio.to_thread.run_sync(finish)
+        finally:
+            self._finished(self._temporary)
 
     async def abort(self) -> None:
         def discard() -> None:
             self._handle.close()
             self._temporary.unlink(missing_ok=True)
 
-        await anyio.to_thread.run_sync(discard)
+        try:
+            await anyio.to_thread.run_sync(discard)
+        finally:
+            self._finished(self._temporary)
 
 
 class LocalBlobStore:
-    """Blobs as files under ``root`` (``INTAKE_BLOB_DIR``); written to ``root/tmp`` first, then moved in place."""
+    """Blobs as files under ``root`` (``INTAKE_BLOB_DIR``); written to ``root/tmp/<id>.part`` first, then moved in
+    place."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        # The temporary files of this process's writers not yet committed or aborted: never swept.
+        self._writing: set[Path] = set()
 
     def path(self, blob_id: UUID) -> Path:
         """Where the blob ``blob_id`` is kept."""
@@ -99,7 +121,8 @@ class LocalBlobStore:
             return temporary.open("wb")
 
         handle = await anyio.to_thread.run_sync(open_temporary)
-        return _LocalWriter(handle, temporary, self.path(blob_id))
+        self._writing.add(temporary)
+        return _LocalWriter(handle, temporary, self.path(blob_id), self._writing.discard)
 
     async def read(self, blob_id: UUID) -> AsyncIterator[bytes]:
         handle = await anyio.to_thread.run_sync(self.path(blob_id).open, "rb")
@@ -115,6 +138,29 @@ class LocalBlobStore:
                 self.path(blob_id).unlink()
 
         await anyio.to_thread.run_sync(remove)
+
+    async def sweep_partial(self, older_than_s: float) -> int:
+        """Remove the files in ``root/tmp`` of uploads another (crashed) process began: not this process's own
+        writers, and only once their last write is ``older_than_s`` ago (they hold personal data)."""
+        cutoff = time.time() - older_than_s
+        writing = frozenset(self._writing)  # taken on the event loop; a writer begun later has a fresh file
+
+        def sweep() -> int:
+            removed = 0
+            for path in (self.root / "tmp").glob("*.part"):
+                if path in writing:
+                    continue
+                try:
+                    status = path.lstat()
+                    if not stat.S_ISREG(status.st_mode) or status.st_mtime >= cutoff:
+                        continue
+                    path.unlink()
+                except FileNotFoundError:  # committed or aborted meanwhile
+                    continue
+                removed += 1
+            return removed
+
+        return await anyio.to_thread.run_sync(sweep)
 
 
 class _S3Writer:
@@ -215,3 +261,8 @@ class S3BlobStore:
     async def delete(self, blob_id: UUID) -> None:
         # DeleteObject succeeds for a key that does not exist.
         await anyio.to_thread.run_sync(lambda: self.client.delete_object(Bucket=self.bucket, Key=self.key(blob_id)))
+
+    async def sweep_partial(self, older_than_s: float) -> int:
+        """Nothing to do here: a writer buffers in memory, and the multipart uploads a crashed process began are
+        invisible and aborted by the bucket's lifecycle rule ("abort incomplete multipart uploads")."""
+        return 0

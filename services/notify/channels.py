@@ -7,6 +7,7 @@ Errors are reported by class and status code only: an SMTP server's or API's tex
 
 import contextlib
 import os
+import stat
 import tempfile
 import time
 from dataclasses import dataclass
@@ -32,6 +33,10 @@ from services.notify.settings import Settings
 # sessions after a few minutes; RFC 5321 §4.5.3.2.7 asks them to wait at least 5), and at most this many are kept.
 SMTP_IDLE_S = 30.0
 SMTP_KEPT = 4
+# A letter is written beside its final name as ``.<random>.part`` (hidden: printing software skips it), then renamed.
+PART_PREFIX, PART_SUFFIX = ".", ".part"
+# Such a file this old was left by a crash: a rendered letter is written in one go, within milliseconds.
+STALE_PART_S = 3600.0
 
 @dataclass(frozen=True)
 class Delivery:
@@ -270,6 +275,7 @@ class LetterChannel:
 
     The file appears atomically (written beside it, then renamed), named by case reference and notification id,
     so printing software never picks up half a letter and a repeated attempt replaces rather than duplicates it.
+    What a crash leaves of a letter being written is removed by ``sweep_parts`` in the retention round.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -295,9 +301,25 @@ class LetterChannel:
                 removed += 1
         return removed
 
+    def sweep_parts(self, older_than_s: float = STALE_PART_S) -> int:
+        """Delete the temporary files of letters a crash left behind (name and address are on them) once they are
+        ``older_than_s`` old, judged by their last write; returns how many."""
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for path in self.directory.glob(f"{PART_PREFIX}*{PART_SUFFIX}"):
+            try:
+                status = path.lstat()
+                if not stat.S_ISREG(status.st_mode) or status.st_mtime >= cutoff:
+                    continue
+                path.unlink()
+            except FileNotFoundError:  # renamed into place or removed meanwhile
+                continue
+            removed += 1
+        return removed
+
     def _write(self, name: str, pdf: bytes) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=self.directory, prefix=".", suffix=".part")
+        handle, temporary = tempfile.mkstemp(dir=self.directory, prefix=PART_PREFIX, suffix=PART_SUFFIX)
         try:
             with os.fdopen(handle, "wb") as file:
                 file.write(pdf)

@@ -195,10 +195,20 @@ class Deliverer:
             await self.finished(notification)
 
     async def purge(self) -> int:
-        """Delete the contacts whose retention period ran out, and publish each deletion; returns how many."""
+        """Delete the contacts whose retention period ran out, and publish each deletion; returns how many. Also
+        removes the letter files a crash left half-written (``LetterChannel.sweep_parts``)."""
         now = now_utc()
         cutoff = now - timedelta(days=self.settings.retention_days)
         letters = self.channels.get(ReplyChannel.LETTER)
+        if isinstance(letters, LetterChannel):
+            # First, needing no database: what crashes left of letters being written.
+            try:
+                swept = await anyio.to_thread.run_sync(letters.sweep_parts)
+            except OSError as exc:  # must not hold up the deletion of contacts
+                log.warning("sweep of half-written letters failed", extra={"error": type(exc).__name__})
+            else:
+                if swept:
+                    log.info("removed letter files a crash left half-written", extra={"count": swept})
 
         async def delete(expired: tuple[UUID, str]) -> None:
             case_id, reference = expired

@@ -4,19 +4,23 @@ references from applications, download authorisation and the sweep of unreferenc
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import time
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 from pydantic import ValidationError
 from sqlmodel import Session
 
 from services.intake.app import build
-from services.intake.attachments import sniff, sweep_unreferenced
-from services.intake.blobs import MIN_PART_BYTES, S3BlobStore
+from services.intake.attachments import receive, sniff, sweep_unreferenced
+from services.intake.blobs import MIN_PART_BYTES, LocalBlobStore, S3BlobStore
 from services.intake.models import Attachment
 from services.intake.settings import Settings
 from shared import events, topics
@@ -32,6 +36,7 @@ from shared.events import (
     PersonalDataDeleted,
     ResolvedRegion,
 )
+from shared.problems import ProblemException
 from shared.settings import KafkaSettings
 from tests.factories import WOHNSITZ, application_body
 from tests.intake.conftest import S3_ACCESS_KEY_ID, S3_REGION, S3_SECRET_ACCESS_KEY, S3Bucket
@@ -82,6 +87,33 @@ def stored_files(root: Path, temporary: bool = False) -> list[Path]:
     if not root.exists():
         return []
     return [p for p in root.rglob("*") if p.is_file() and (p.relative_to(root).parts[0] == "tmp") == temporary]
+
+
+BOUNDARY = "ozg-test-boundary"
+MULTIPART = f"multipart/form-data; boundary={BOUNDARY}"
+
+
+def form_part(name: str, content: bytes, filename: str | None = None) -> bytes:
+    """One part of a multipart/form-data body (``BOUNDARY``), framing included."""
+    disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename is not None else "")
+    return f"--{BOUNDARY}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + content + b"\r\n"
+
+
+CLOSING = f"--{BOUNDARY}--\r\n".encode()
+
+
+async def chunks(*pieces: bytes) -> AsyncIterator[bytes]:
+    """``pieces`` in chunks of at most 16 KiB: httpx sends such a body chunked, without a Content-Length."""
+    for piece in pieces:
+        for start in range(0, len(piece), 16 * 1024):
+            yield piece[start:start + 16 * 1024]
+
+
+async def upload_chunked(client: httpx.AsyncClient, key: str, *pieces: bytes) -> httpx.Response:
+    answer = await client.post("/v1/attachments", headers={**bearer(key), "Content-Type": MULTIPART},
+                               content=chunks(*pieces))
+    assert "content-length" not in answer.request.headers
+    return answer
 
 
 def test_sniffing_judges_the_bytes() -> None:
@@ -148,6 +180,78 @@ async def test_upload_stores_by_content_with_hash_and_limits(settings: Settings,
         _, auditor = await issue_key(kafka_settings, ClientKind.AUDITOR, service=service)
         assert (await upload(client, auditor, PDF)).status_code == 403
         assert (await client.post("/v1/attachments", files={"file": ("a.pdf", PDF)})).status_code == 401
+
+
+async def test_a_chunked_body_is_counted_and_only_the_documented_parts_are_taken(
+    settings: Settings, kafka_settings: KafkaSettings
+) -> None:
+    """Without a Content-Length the bytes received count: past the file limit plus 64 KiB it is 413, as for a
+    declared length. Parts other than 'file' and one 'sha512' are 422. Nothing refused stays in the blob store."""
+    service, app = build(settings)
+    async with running(service, app) as client:
+        _, key = await issue_key(kafka_settings, ClientKind.PORTAL, service=service)
+        file_part = form_part("file", PDF, "antrag.pdf")
+
+        # The review's request: many distinct small fields beside a small PDF, sent chunked.
+        many = b"".join(form_part(f"field{i}", b"v" * 1000) for i in range(300))
+        fields = await upload_chunked(client, key, many, file_part, CLOSING)
+        assert fields.status_code == 422, fields.text
+        assert fields.json()["type"] == "urn:ozg:problem:validation"
+        # The same fields after the file: the file read by then is removed again.
+        after = await upload_chunked(client, key, file_part, form_part("comment", b"x"), CLOSING)
+        assert after.status_code == 422
+        nameless = f"--{BOUNDARY}\r\nContent-Disposition: form-data\r\n\r\nx\r\n".encode()
+        assert (await upload_chunked(client, key, nameless, file_part, CLOSING)).status_code == 422
+        digest = hashlib.sha512(PDF).hexdigest().encode()
+        twice = await upload_chunked(client, key, form_part("sha512", digest), form_part("sha512", digest),
+                                     file_part, CLOSING)
+        assert twice.status_code == 422
+        assert twice.json()["errors"][0]["pointer"] == "#/sha512"
+
+        # Bytes no part holds (an epilogue after the closing boundary) count as well: 413, not 201.
+        epilogue = await upload_chunked(client, key, file_part, CLOSING, b"e" * (2048 + 64 * 1024))
+        assert epilogue.status_code == 413, epilogue.text
+        assert epilogue.json()["type"] == "urn:ozg:problem:attachment-too-large"
+        assert epilogue.headers["content-type"] == "application/problem+json"
+        assert stored_files(settings.blob_dir) == []
+        assert stored_files(settings.blob_dir, temporary=True) == []
+
+        # A well-formed chunked upload with its SHA-512 is taken; a short epilogue is allowed.
+        taken = await upload_chunked(client, key, form_part("sha512", digest), file_part, CLOSING, b"\r\n")
+        assert taken.status_code == 201, taken.text
+        assert taken.json()["sha512"] == digest.decode()
+        assert len(stored_files(settings.blob_dir)) == 1
+        assert stored_files(settings.blob_dir, temporary=True) == []
+
+
+async def test_a_cancelled_upload_removes_its_temporary_file(tmp_path: Path) -> None:
+    """A request cancelled while its file is being written (the client gone, a shutdown) still removes the file:
+    the clean-up runs shielded from the cancellation."""
+    blobs = LocalBlobStore(tmp_path / "blobs")
+
+    with anyio.CancelScope() as scope:
+        async def body() -> AsyncIterator[bytes]:
+            yield f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.pdf\"\r\n\r\n".encode()
+            yield PDF + b"x" * 1000  # past the sniffed head: the temporary file exists now
+            assert stored_files(blobs.root, temporary=True) != []
+            scope.cancel()
+            await anyio.sleep(10)
+            yield b""
+
+        await receive(MULTIPART, body(), blobs, 2048)
+    assert scope.cancelled_caught
+    assert stored_files(blobs.root, temporary=True) == []
+    assert stored_files(blobs.root) == []
+
+
+async def test_receive_refuses_unknown_parts_before_reading_them(tmp_path: Path) -> None:
+    blobs = LocalBlobStore(tmp_path / "blobs")
+    with pytest.raises(ProblemException) as refused:
+        await receive(MULTIPART, chunks(form_part("file", PDF, "a.pdf"), form_part("x", b"1"), CLOSING), blobs,
+                      2048)
+    assert refused.value.status == 422
+    assert stored_files(blobs.root) == []
+    assert stored_files(blobs.root, temporary=True) == []
 
 
 async def test_applications_reference_own_attachments_within_limits(
@@ -254,6 +358,39 @@ async def test_sweep_removes_old_unreferenced_uploads_only(settings: Settings, k
         assert not parts.blobs.path(uuid.UUID(old_orphan)).exists()
         for kept in (referenced, fresh):
             assert (await client.get(f"/v1/attachments/{kept}", headers=bearer(key))).status_code == 200
+
+
+async def test_sweep_removes_temporary_files_a_crash_left_behind(
+    settings: Settings, kafka_settings: KafkaSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``blobs/tmp/<id>.part`` of an upload a crashed process never finished is removed once nothing was written to
+    it for an hour; a younger one and this process's own uploads in progress (however old) stay."""
+    service, app = build(settings)
+    async with running(service, app):
+        parts = app.state.intake
+        temporary = settings.blob_dir / "tmp"
+        temporary.mkdir(parents=True, exist_ok=True)
+        two_hours_ago = time.time() - 2 * 3600
+        stale, recent = temporary / f"{uuid.uuid4().hex}.part", temporary / f"{uuid.uuid4().hex}.part"
+        for path in (stale, recent):
+            path.write_bytes(PDF)
+        os.utime(stale, (two_hours_ago, two_hours_ago))
+        live_id = uuid.uuid4()
+        live = await parts.blobs.writer(live_id)
+        await live.write(PDF)
+        [live_path] = [p for p in temporary.iterdir() if p.name == f"{live_id.hex}.part"]
+        os.utime(live_path, (two_hours_ago, two_hours_ago))
+
+        with caplog.at_level(logging.INFO, logger="services.intake.attachments"):
+            assert await sweep_unreferenced(parts.store, parts.blobs, older_than_s=24 * 3600) == 0
+        assert sorted(temporary.iterdir()) == sorted([recent, live_path])
+        [record] = [r for r in caplog.records if r.getMessage() == "removed unreferenced attachments"]
+        assert (record.count, record.partial_uploads) == (0, 1)  # type: ignore[attr-defined]
+
+        await live.commit()
+        assert (await parts.blobs.sweep_partial(0)) == 1  # the recent one; the committed upload is no longer there
+        assert list(temporary.iterdir()) == []
+        assert b"".join([chunk async for chunk in parts.blobs.read(live_id)]) == PDF
 
 
 def s3_store(bucket: S3Bucket) -> S3BlobStore:

@@ -3,6 +3,8 @@ rate limit and the retry rules."""
 
 from __future__ import annotations
 
+import os
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -175,6 +177,29 @@ async def test_letter_in_english_names_the_foreign_country(tmp_path: Path) -> No
     assert "1000 Bruxelles\nBE" in text
     assert f"Reference: {REFERENCE}" in text
     assert f"Date: {datetime.now(UTC).date().isoformat()}" in text
+
+
+async def test_part_files_a_crash_left_in_the_outbox_are_swept(tmp_path: Path) -> None:
+    """A letter's temporary ``.<random>.part`` file (name and address on it) that a crash left behind goes once it
+    is an hour old; a younger one (a letter being written), the letters themselves and other files stay."""
+    outbox = tmp_path / "letters"
+    channel = LetterChannel(Settings(letter_dir=str(outbox)))
+    assert channel.sweep_parts() == 0  # no outbox yet: nothing to do
+    recipient = contact(ReplyChannel.LETTER, street="Musterstraße 7", postal_code="93309", city="Kelheim")
+    assert (await channel.deliver(uuid.uuid4(), recipient, message("letter"))).ok
+    [letter] = files(outbox)
+    stale, fresh, other = outbox / ".k3j9x_2a.part", outbox / ".p0q1r2s3.part", outbox / "notes.part"
+    for path in (stale, fresh, other):
+        path.write_bytes(b"%PDF-1.7 half a letter")
+    (outbox / ".dir.part").mkdir()
+    two_hours_ago = time.time() - 2 * 3600
+    for path in (stale, other, letter):
+        os.utime(path, (two_hours_ago, two_hours_ago))
+
+    assert channel.sweep_parts() == 1
+    assert files(outbox) == sorted([letter, fresh, other, outbox / ".dir.part"])
+    assert channel.sweep_parts(older_than_s=0) == 1
+    assert not fresh.exists()
 
 
 def test_characters_beyond_the_pdf_fonts_are_transliterated() -> None:

@@ -4,6 +4,8 @@ English through a real SMTP server, and the retention of contact data (SPEC §7)
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import anyio.to_thread
@@ -174,9 +176,15 @@ async def test_a_letter_still_in_the_outbox_goes_with_the_contact_after_retentio
     tmp_path: Path, kafka_settings: KafkaSettings, mailbox: Mailbox
 ) -> None:
     """A letter not yet taken by the printing software holds name and address: deleted with the contact, and the
-    deletion says so; another case's letter stays."""
+    deletion says so; another case's letter stays. The round also removes a letter's temporary file that a crash
+    left behind an hour ago."""
     closed, still_open = Case(channel=ReplyChannel.LETTER), Case(channel=ReplyChannel.LETTER)
     outbox = tmp_path / "letters"
+    outbox.mkdir()
+    crashed = outbox / ".x7_k2m9q.part"
+    crashed.write_bytes(b"%PDF-1.7 half a letter")
+    two_hours_ago = time.time() - 2 * 3600
+    os.utime(crashed, (two_hours_ago, two_hours_ago))
     async with notify(kafka_settings, sqlite_url(tmp_path), mailbox.port, letter_dir=str(outbox),
                       retention_days=1 / 86400, retention_interval_s=0.05):
         for case in (closed, still_open):
@@ -188,6 +196,7 @@ async def test_a_letter_still_in_the_outbox_goes_with_the_contact_after_retentio
         deleted = parse_event(record.headers, record.value, record.key).data_as(PersonalDataDeleted)
         assert deleted.categories == ["name", "postal_address", "letters"]
     assert [p.name.split("_")[0] for p in pdf_files(outbox)] == [still_open.reference]
+    assert not crashed.exists()
 
 
 SUBJECTS = {
