@@ -1,11 +1,11 @@
 """Retry-then-dead-letter: the one middleware every consumer runs under.
 
 A message whose handler raises is retried a bounded number of times with exponential back-off (the partition
-waits, so order is kept), except while the database is unreachable, which the partition waits out; a poison
-message (InvalidEvent, or a value longer than ``max_event_bytes``, which no handler sees) is not retried at all.
-Then the original record goes to ``<topic>.dlq`` with headers naming the error, the source topic, partition and
-offset, and the consumer moves on. If even the dead-letter publish fails, the error propagates and the message is
-redelivered: nothing is lost.
+waits, so order is kept), except while the database or the broker is unreachable, which the partition waits out;
+a poison message (InvalidEvent, or a value longer than ``max_event_bytes``, which no handler sees) is not retried
+at all. Then the original record goes to ``<topic>.dlq`` with headers naming the error, the source topic,
+partition and offset, and the consumer moves on. If even the dead-letter publish fails, the error propagates and
+the message is redelivered: nothing is lost.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import ConsumerRecord
-from aiokafka.errors import MessageSizeTooLargeError
+from aiokafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
 from faststream import BaseMiddleware
 from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -36,6 +36,20 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BACKOFF_CAP_S = 10.0
+
+
+def transient(error: BaseException) -> bool:
+    """Whether ``error`` says the database or the broker is unreachable (a restart, a failover, a timeout) rather
+    than anything about the event being handled: such a failure is waited out, never dead-lettered."""
+    if isinstance(error, OperationalError | InterfaceError | ConnectionError | TimeoutError | KafkaTimeoutError):
+        return True
+    return isinstance(error, KafkaError) and error.retriable
+
+
+def _error_name(error: BaseException) -> str:
+    # The driver's own class says more than SQLAlchemy's wrapper (OperationalError of psycopg's ConnectionTimeout).
+    orig = getattr(error, "orig", None)
+    return type(orig if isinstance(orig, BaseException) else error).__name__
 
 
 def batch_records(msg: StreamMessage[Any]) -> tuple[ConsumerRecord[Any, Any], ...]:
@@ -128,17 +142,18 @@ class _DeadLetterMiddleware(BaseMiddleware):
             except InvalidEvent as exc:
                 await self.policy.dead_letter(record, exc)
                 return None
-            except (OperationalError, InterfaceError) as exc:
-                # The database is away (a restart, a failover): no fault of the event's. Dead-lettering valid
-                # events after a few retries would lose their effect until someone replays them, so the partition
-                # waits for the database, as audit's batches do.
-                outage += 1
-                delay = backoff.delay_s(outage, base_s=self.policy.backoff_s, cap_s=BACKOFF_CAP_S)
-                log.warning("database unavailable, holding the partition",
-                            extra={"topic": record.topic, "partition": record.partition, "offset": record.offset,
-                                   "error": type(exc.orig).__name__, "retry_in_s": delay})
-                await asyncio.sleep(delay)
             except Exception as exc:  # noqa: BLE001 - any handler failure is retried, then dead-lettered
+                if transient(exc):
+                    # The database or the broker is away (a restart, a failover): no fault of the event's.
+                    # Dead-lettering valid events after a few retries would lose their effect until someone
+                    # replays them, so the partition waits, as audit's batches do.
+                    outage += 1
+                    delay = backoff.delay_s(outage, base_s=self.policy.backoff_s, cap_s=BACKOFF_CAP_S)
+                    log.warning("database or broker unavailable, holding the partition",
+                                extra={"topic": record.topic, "partition": record.partition,
+                                       "offset": record.offset, "error": _error_name(exc), "retry_in_s": delay})
+                    await asyncio.sleep(delay)
+                    continue
                 if attempt >= self.policy.retries:
                     await self.policy.dead_letter(record, exc)
                     return None
@@ -149,19 +164,46 @@ class _DeadLetterMiddleware(BaseMiddleware):
         self, call_next: AsyncFuncAny, msg: StreamMessage[Any], records: tuple[ConsumerRecord[Any, Any], ...]
     ) -> Any:
         """Batch subscribers dead-letter poison records themselves, one by one; a batch that fails as a whole (the
-        broker or database away) is redelivered, after a growing pause so an outage is no busy loop."""
+        broker or database away) is redelivered, after a growing pause so an outage is no busy loop.
+
+        A batch that failed more often than the policy retries for another reason is then handled record by record:
+        a record its handler cannot take, for a reason nobody foresaw (a value the database refuses, say), would
+        otherwise fail its batch for ever and hold up every partition in it. It is dead-lettered, the others take
+        effect. A transient failure (``transient``) is never a record's fault: it keeps failing the batch.
+        """
         key = records[0].topic if records else ""
+        failures = self.policy.batch_failures.get(key, 0)
+        result: Any = None
         try:
-            result = await call_next(msg)
+            if failures > self.policy.retries and len(records) > 1:
+                await self._one_by_one(call_next, msg, records)
+            else:
+                result = await call_next(msg)
         except Exception as exc:
-            failures = self.policy.batch_failures[key] = self.policy.batch_failures.get(key, 0) + 1
+            failures = self.policy.batch_failures[key] = failures + 1
             delay = backoff.delay_s(failures, base_s=self.policy.backoff_s, cap_s=BACKOFF_CAP_S)
-            log.warning("batch failed, redelivering", extra={"error": type(exc).__name__, "records": len(records),
+            log.warning("batch failed, redelivering", extra={"error": _error_name(exc), "records": len(records),
                                                              "retry_in_s": delay})
             await asyncio.sleep(delay)
             raise
         self.policy.batch_failures.pop(key, None)
         return result
+
+    async def _one_by_one(
+        self, call_next: AsyncFuncAny, msg: StreamMessage[Any], records: tuple[ConsumerRecord[Any, Any], ...]
+    ) -> None:
+        # The handler sees a batch of one record at a time; each takes effect (or is dropped as a repeat) on its own.
+        try:
+            for record in records:
+                msg.raw_message = (record,)
+                try:
+                    await call_next(msg)
+                except Exception as exc:
+                    if transient(exc):
+                        raise
+                    await self.policy.dead_letter(record, exc)
+        finally:
+            msg.raw_message = records
 
     @staticmethod
     async def _pass_over(call_next: AsyncFuncAny, msg: StreamMessage[Any], record: ConsumerRecord[Any, Any]) -> None:

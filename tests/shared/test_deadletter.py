@@ -6,16 +6,17 @@ import asyncio
 import uuid
 
 from aiokafka import ConsumerRecord
+from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError, RequestTimedOutError
 from faststream.kafka import KafkaBroker, KafkaMessage
 from prometheus_client import CollectorRegistry
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
-from shared.deadletter import DeadLetterPolicy
+from shared.deadletter import DeadLetterPolicy, batch_records, transient
 from shared.envelope import InvalidEvent, OutgoingEvent
-from shared.kafka import group_subscription, make_broker, publish
+from shared.kafka import BrokerHeld, group_subscription, make_broker, publish
 from shared.settings import KafkaSettings
 from shared.topics import TopicSpec, dlq_topic, ensure_topics
-from tests.support import consume
+from tests.support import consume, produce, wait_until
 
 
 async def test_a_value_even_the_dead_letter_topic_refuses_leaves_a_record_naming_where_it_is(
@@ -107,3 +108,47 @@ async def test_a_database_outage_is_waited_out_while_other_failures_are_dead_let
     assert not done["bug"].is_set()
     dead = await consume(kafka_settings, dlq_topic(topic), 1)
     assert [bytes(record.value or b"") for record in dead] == [b"bug"]
+
+
+async def test_a_record_that_fails_its_batch_for_ever_is_dead_lettered_and_the_rest_take_effect(
+    kafka_settings: KafkaSettings,
+) -> None:
+    """A value no check foresaw (the database refuses it, say) failed its batch at every redelivery; after the
+    policy's retries the batch is handled record by record."""
+    topic = f"ozg.test.{uuid.uuid4().hex}"
+    await ensure_topics(kafka_settings.model_copy(update={"partitions": 1}),
+                        [TopicSpec(topic), TopicSpec(dlq_topic(topic))])
+    broker, _ = make_broker(kafka_settings, service="test", registry=CollectorRegistry())
+    handled: list[bytes] = []
+    batches: list[int] = []
+
+    @broker.subscriber(topic, **group_subscription(kafka_settings, f"g-{topic}"), batch=True, max_records=10,
+                       batch_timeout_ms=500)
+    async def handle(msg: KafkaMessage) -> None:
+        values = [bytes(record.value or b"") for record in batch_records(msg)]
+        batches.append(len(values))
+        if b"refused" in values:
+            raise ValueError("value too long for type character varying(32)")
+        handled.extend(values)
+
+    for value in (b"first", b"refused", b"second"):  # in one partition, before the consumer starts: one batch
+        await produce(kafka_settings, topic, value, key=b"k")
+    await broker.start()
+    try:
+        await wait_until(lambda: handled == [b"first", b"second"], timeout_s=30)
+    finally:
+        await broker.stop()
+    assert batches[0] == 3
+    dead = await consume(kafka_settings, dlq_topic(topic), 1)
+    assert [bytes(record.value or b"") for record in dead] == [b"refused"]
+    assert dict(dead[0].headers)["x-ozg-dlq-error"] == b"ValueError"
+
+
+def test_what_is_waited_out_rather_than_dead_lettered() -> None:
+    assert transient(OperationalError("SELECT 1", {}, ConnectionRefusedError()))
+    assert transient(BrokerHeld("reconnecting"))
+    assert transient(KafkaTimeoutError())
+    assert transient(RequestTimedOutError())
+    assert not transient(ValueError("a fault of the handler"))
+    assert not transient(IntegrityError("INSERT", {}, ValueError("duplicate")))
+    assert not transient(MessageSizeTooLargeError())
