@@ -366,31 +366,32 @@ async def test_sweep_removes_temporary_files_a_crash_left_behind(
     """``blobs/tmp/<id>.part`` of an upload a crashed process never finished is removed once nothing was written to
     it for an hour; a younger one and this process's own uploads in progress (however old) stay."""
     service, app = build(settings)
-    async with running(service, app):
-        parts = app.state.intake
-        temporary = settings.blob_dir / "tmp"
-        temporary.mkdir(parents=True, exist_ok=True)
-        two_hours_ago = time.time() - 2 * 3600
-        stale, recent = temporary / f"{uuid.uuid4().hex}.part", temporary / f"{uuid.uuid4().hex}.part"
-        for path in (stale, recent):
-            path.write_bytes(PDF)
-        os.utime(stale, (two_hours_ago, two_hours_ago))
-        live_id = uuid.uuid4()
-        live = await parts.blobs.writer(live_id)
-        await live.write(PDF)
-        [live_path] = [p for p in temporary.iterdir() if p.name == f"{live_id.hex}.part"]
-        os.utime(live_path, (two_hours_ago, two_hours_ago))
+    # Not running: the service's own sweep, started with it, would race this one for the stale file.
+    service.migrate()
+    parts = app.state.intake
+    temporary = settings.blob_dir / "tmp"
+    temporary.mkdir(parents=True, exist_ok=True)
+    two_hours_ago = time.time() - 2 * 3600
+    stale, recent = temporary / f"{uuid.uuid4().hex}.part", temporary / f"{uuid.uuid4().hex}.part"
+    for path in (stale, recent):
+        path.write_bytes(PDF)
+    os.utime(stale, (two_hours_ago, two_hours_ago))
+    live_id = uuid.uuid4()
+    live = await parts.blobs.writer(live_id)
+    await live.write(PDF)
+    [live_path] = [p for p in temporary.iterdir() if p.name == f"{live_id.hex}.part"]
+    os.utime(live_path, (two_hours_ago, two_hours_ago))
 
-        with caplog.at_level(logging.INFO, logger="services.intake.attachments"):
-            assert await sweep_unreferenced(parts.store, parts.blobs, older_than_s=24 * 3600) == 0
-        assert sorted(temporary.iterdir()) == sorted([recent, live_path])
-        [record] = [r for r in caplog.records if r.getMessage() == "removed unreferenced attachments"]
-        assert (record.count, record.partial_uploads) == (0, 1)  # type: ignore[attr-defined]
+    with caplog.at_level(logging.INFO, logger="services.intake.attachments"):
+        assert await sweep_unreferenced(parts.store, parts.blobs, older_than_s=24 * 3600) == 0
+    assert sorted(temporary.iterdir()) == sorted([recent, live_path])
+    [record] = [r for r in caplog.records if r.getMessage() == "removed unreferenced attachments"]
+    assert (record.count, record.partial_uploads) == (0, 1)  # type: ignore[attr-defined]
 
-        await live.commit()
-        assert (await parts.blobs.sweep_partial(0)) == 1  # the recent one; the committed upload is no longer there
-        assert list(temporary.iterdir()) == []
-        assert b"".join([chunk async for chunk in parts.blobs.read(live_id)]) == PDF
+    await live.commit()
+    assert (await parts.blobs.sweep_partial(0)) == 1  # the recent one; the committed upload is no longer there
+    assert list(temporary.iterdir()) == []
+    assert b"".join([chunk async for chunk in parts.blobs.read(live_id)]) == PDF
 
 
 def s3_store(bucket: S3Bucket) -> S3BlobStore:
