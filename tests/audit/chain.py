@@ -6,9 +6,10 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text, update
 
-from services.audit.store import AuditStore, NewEntry
+from services.audit.models import ENTRIES
+from services.audit.store import AuditStore, NewEntry, canonical_fields, entry_hash
 from shared import events, topics
 
 
@@ -57,3 +58,16 @@ def drop_checkpoint_guards(engine: Engine) -> None:
             connection.execute(text("DROP TRIGGER audit_checkpoints_no_update"))
             connection.execute(text("DROP TRIGGER audit_checkpoints_no_delete"))
             connection.execute(text("DROP TRIGGER audit_checkpoints_no_replace"))
+
+
+def rewrite_from_seq_2(connection: Connection, rows: list[dict[str, Any]]) -> None:
+    """Change entry 2 and re-hash every entry from there on, as an intruder with write access would: the chain
+    alone still looks intact."""
+    prev_hash = rows[0]["hash"]
+    for row in rows[1:]:
+        forged: dict[str, Any] = {**row, "prev_hash": prev_hash}
+        if row["seq"] == 2:
+            forged["status"] = "rejected"
+        forged["hash"] = prev_hash = entry_hash(canonical_fields(forged))
+        connection.execute(update(ENTRIES).where(ENTRIES.c.seq == row["seq"])
+                           .values(status=forged["status"], prev_hash=forged["prev_hash"], hash=forged["hash"]))

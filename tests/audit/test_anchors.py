@@ -16,7 +16,7 @@ from services.audit import store as store_module
 from services.audit.models import CHECKPOINTS, ENTRIES
 from services.audit.signing import CheckpointSigner
 from services.audit.store import Anchor, AuditStore, canonical_fields, entry_hash
-from tests.audit.chain import drop_checkpoint_guards, drop_guards, fill
+from tests.audit.chain import drop_checkpoint_guards, drop_guards, fill, rewrite_from_seq_2
 
 
 @pytest.fixture
@@ -101,16 +101,9 @@ def test_chain_rewritten_as_a_whole_without_its_checkpoints(
     store: AuditStore, rows: list[dict[str, Any]], engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Entry 2 changed, every entry after it re-hashed, every checkpoint deleted: intact without an anchor.
-    prev_hash = rows[0]["hash"]
     with engine.begin() as connection:
         connection.execute(delete(CHECKPOINTS))
-        for row in rows[1:]:
-            forged: dict[str, Any] = {**row, "prev_hash": prev_hash}
-            if row["seq"] == 2:
-                forged["status"] = "rejected"
-            forged["hash"] = prev_hash = entry_hash(canonical_fields(forged))
-            connection.execute(update(ENTRIES).where(ENTRIES.c.seq == row["seq"])
-                               .values(status=forged["status"], prev_hash=forged["prev_hash"], hash=forged["hash"]))
+        rewrite_from_seq_2(connection, rows)
     assert store.verify().intact
     report = every_way(store, [anchor(rows, 1), anchor(rows, 5), anchor(rows, 9)], monkeypatch)
     assert (report["intact"], report["kind"], report["first_bad_seq"], report["checkpoint_seq"]) == (

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -15,8 +14,8 @@ from sqlalchemy.exc import DBAPIError
 
 from services.audit.models import CHECKPOINTS, ENTRIES
 from services.audit.signing import CheckpointSigner, load_public_key
-from services.audit.store import AuditStore, canonical_fields, entry_hash
-from tests.audit.chain import drop_checkpoint_guards, drop_guards, fill, new_entry
+from services.audit.store import AuditStore
+from tests.audit.chain import drop_checkpoint_guards, drop_guards, fill, new_entry, rewrite_from_seq_2
 
 
 class Clock:
@@ -152,15 +151,8 @@ def test_chain_rewritten_as_a_whole_is_caught_by_the_checkpoint(store: AuditStor
     rows = fill(store, 3) + fill(store, 1)
     drop_guards(engine)
     # The intruder changes entry 2 and re-hashes the chain from there on: the chain alone looks intact.
-    prev_hash = rows[0]["hash"]
     with engine.begin() as connection:
-        for row in rows[1:]:
-            forged: dict[str, Any] = {**row, "prev_hash": prev_hash}
-            if row["seq"] == 2:
-                forged["status"] = "rejected"
-            forged["hash"] = prev_hash = entry_hash(canonical_fields(forged))
-            connection.execute(update(ENTRIES).where(ENTRIES.c.seq == row["seq"])
-                               .values(status=forged["status"], prev_hash=forged["prev_hash"], hash=forged["hash"]))
+        rewrite_from_seq_2(connection, rows)
     report = store.verify()
     # Every entry matches its hash and links up: only the signed checkpoint tells.
     assert not report.intact
