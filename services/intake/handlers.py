@@ -9,6 +9,7 @@ is redelivered, and events already applied are recognised by their ids.
 from __future__ import annotations
 
 import anyio.to_thread
+from aiokafka import ConsumerRecord
 from faststream.kafka import KafkaMessage
 
 from services.intake.settings import Settings
@@ -42,14 +43,19 @@ def register(service: Service, store: IntakeStore, settings: Settings) -> None:
 
     async def on_status(msg: KafkaMessage) -> None:
         changes: list[StatusChange] = []
+        poison: list[tuple[ConsumerRecord[bytes, bytes], InvalidEvent]] = []
         for record in batch_records(msg):
             try:
                 envelope = parse_event(record.headers, record.value, record.key,
                                        max_bytes=settings.kafka.max_event_bytes)
                 changes.append(status_of(envelope))
             except InvalidEvent as exc:
-                await service.dead_letters.dead_letter(record, exc)
+                poison.append((record, exc))
         await anyio.to_thread.run_sync(store.record_statuses, changes)
+        # After the batch took effect, as audit does: a batch that fails is redelivered, and its poison would
+        # otherwise reach the .dlq once per attempt.
+        for record, error in poison:
+            await service.dead_letters.dead_letter(record, error)
 
     service.broker.subscriber(
         topics.ROUTED, topics.UNROUTABLE, topics.CASE_STATUS,

@@ -1,9 +1,10 @@
 """Routing's consumer: every submitted application is routed and dispatched, or sent to clearing.
 
-Submitted events are consumed in batches. Poison records (not a CloudEvent, wrong type or schema) and records
-whose decision fails are dead-lettered one by one; the rest are decided, their events published concurrently
-(gathered acknowledgements), then all decisions recorded in one transaction. If a publish or the database fails,
-the handler raises and the whole batch is redelivered; consumers de-duplicate on the deterministic event ids.
+Submitted events are consumed in batches. The valid ones are decided, their events published concurrently
+(gathered acknowledgements), then all decisions recorded in one transaction; after that, poison records (not a
+CloudEvent, wrong type or schema) and records whose decision failed are dead-lettered one by one. If a publish or
+the database fails, the handler raises and the whole batch is redelivered; consumers de-duplicate on the
+deterministic event ids.
 """
 
 from __future__ import annotations
@@ -93,8 +94,6 @@ def register(service: Service, state: RoutingState, publisher: OutboxPublisher, 
                     poison.append((record, exc))
                     continue
                 outcomes.append((event_id, outcome))
-            for record, error in poison:
-                await service.dead_letters.dead_letter(record, error)
             for destination_id in {o.case.destination_id for _, o in outcomes if o.case.destination_id}:
                 await state.ensure_topic(settings.kafka, destination_id)
             # Published before the decisions are recorded: a crash in between re-publishes the same event ids,
@@ -102,6 +101,10 @@ def register(service: Service, state: RoutingState, publisher: OutboxPublisher, 
             await publish_all(broker, [item for _, outcome in outcomes for item in outcome.publish])
             withdrawn = await anyio.to_thread.run_sync(
                 record_batch, outcomes, [application.case_id for _, _, application in parsed])
+            # After the batch took effect, as audit does: a batch that fails is redelivered, and its poison would
+            # otherwise reach the .dlq once per attempt.
+            for record, error in poison:
+                await service.dead_letters.dead_letter(record, error)
         except Exception:
             # Redelivered after a pause by the dead-letter middleware. A destination's topic may be gone with a
             # broker that lost its state: created again on the retry.

@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from services.routing import app as routing_app
 from services.routing.app import build
@@ -18,6 +19,7 @@ from shared import events, topics
 from shared.envelope import build_event, parse_event
 from shared.events import ApplicationDispatched, ApplicationRouted, ClientKind
 from shared.settings import KafkaSettings
+from shared.topics import ensure_topics
 from tests.factories import WOHNGELD, WOHNSITZ, submitted
 from tests.support import consume, issue_key, produce, running, wait_until
 
@@ -200,23 +202,41 @@ async def test_clearing(tmp_path: Path, kafka_settings: KafkaSettings, monkeypat
 
 @pytest.mark.parametrize("count", [60])
 async def test_a_batch_with_poison_records_and_duplicates(
-    tmp_path: Path, kafka_settings: KafkaSettings, count: int
+    tmp_path: Path, kafka_settings: KafkaSettings, count: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The first batch fails as a whole (the database away for a moment) and is redelivered: its poison records
+    # still reach the .dlq once each.
+    record_many = RoutingStore.record_many
+    failed: list[bool] = []
+
+    def fail_once(store: RoutingStore, *args: Any, **kwargs: Any) -> Any:
+        if not failed:
+            failed.append(True)
+            raise OperationalError("INSERT", {}, ConnectionRefusedError("database restarting"))
+        return record_many(store, *args, **kwargs)
+
+    monkeypatch.setattr(RoutingStore, "record_many", fail_once)
     service, app = build(settings_for(tmp_path / "routing.db", kafka_settings, demo_destinations=True))
+    # On the topic before routing starts, so that its first batch holds poison records too.
+    await ensure_topics(kafka_settings, topics.standard_topics())
+    marker = uuid.uuid4().hex
+    applications = [submitted(WOHNSITZ, {"postal_code": "93309", "place": "Kelheim"}) for _ in range(count)]
+    for index, application in enumerate(applications):
+        event = build_event(event_type=events.SUBMITTED_V1, source="/test", subject=str(application.case_id),
+                            data=application)
+        await produce(kafka_settings, topics.SUBMITTED, event.value, event.headers, event.key)
+        if index % 20 == 0:
+            await produce(kafka_settings, topics.SUBMITTED, event.value, event.headers, event.key)  # duplicate
+            await produce(kafka_settings, topics.SUBMITTED, b"\xff", {"ce_specversion": "1.0"},
+                          f"poison-{marker}-{index}".encode())
     async with running(service, app):
-        marker = uuid.uuid4().hex
-        applications = [submitted(WOHNSITZ, {"postal_code": "93309", "place": "Kelheim"}) for _ in range(count)]
-        for index, application in enumerate(applications):
-            event = build_event(event_type=events.SUBMITTED_V1, source="/test", subject=str(application.case_id),
-                                data=application)
-            await produce(kafka_settings, topics.SUBMITTED, event.value, event.headers, event.key)
-            if index % 20 == 0:
-                await produce(kafka_settings, topics.SUBMITTED, event.value, event.headers, event.key)  # duplicate
-                await produce(kafka_settings, topics.SUBMITTED, b"\xff", {"ce_specversion": "1.0"},
-                              f"poison-{marker}-{index}".encode())
         wanted = {str(a.case_id).encode() for a in applications}
         routed = await consume(kafka_settings, topics.ROUTED, count, predicate=lambda r: r.key in wanted)
         assert len({r.key for r in routed}) == count
         dead = await consume(kafka_settings, topics.dlq_topic(topics.SUBMITTED), 3,
                              predicate=lambda r: marker.encode() in (r.key or b""))
         assert len(dead) == 3
+        assert failed
+        with pytest.raises(AssertionError, match="only 3 of 4"):
+            await consume(kafka_settings, topics.dlq_topic(topics.SUBMITTED), 4, timeout_s=3,
+                          predicate=lambda r: marker.encode() in (r.key or b""))
