@@ -62,7 +62,14 @@ class Delivery:
 
 
 class Channel(Protocol):
-    """A way to reach applicants."""
+    """A way to reach applicants.
+
+    ``repeatable`` says whether an attempt interrupted by a crash may simply be made again: true where the receiver
+    recognises the repeat (the Postfach's Idempotency-Key, the letter's fixed file name), false for e-mail, which
+    may have gone out.
+    """
+
+    repeatable: bool
 
     async def deliver(self, notification_id: UUID, contact: Contact, message: Message) -> Delivery:
         """Make one attempt to deliver ``message`` to ``contact``; never raises for a delivery failure."""
@@ -91,6 +98,8 @@ def _transient(exc: BaseException) -> bool:
 
 class EmailChannel:
     """Sends messages through the configured SMTP relay."""
+
+    repeatable = False
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -234,6 +243,8 @@ class PostfachChannel:
     retried; any other answer is permanent.
     """
 
+    repeatable = True
+
     def __init__(self, settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.settings = settings
         self.client = httpx.AsyncClient(timeout=settings.postfach_timeout_s, transport=transport)
@@ -277,6 +288,8 @@ class LetterChannel:
     so printing software never picks up half a letter and a repeated attempt replaces rather than duplicates it.
     What a crash leaves of a letter being written is removed by ``sweep_parts`` in the retention round.
     """
+
+    repeatable = True
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 SOURCE = "/ozg/notify"
 # Contacts looked up at a time by the retention round.
 RETENTION_PAGE = 100
+# An e-mail whose attempt was interrupted may have gone out: it is failed, never sent twice.
 INTERRUPTED = "delivery interrupted before its outcome was recorded; not sent again"
 NO_CONTACT = "contact data no longer held"
 
@@ -181,7 +182,11 @@ class Deliverer:
     async def sweep(self) -> None:
         """One round of the background job: due retries, lapsed attempts, unpublished outcomes."""
         now = now_utc()
-        for notification_id in await anyio.to_thread.run_sync(self.store.lapsed, now):
+        for notification_id, channel in await anyio.to_thread.run_sync(self.store.lapsed, now):
+            repeatable = channel in self.channels and self.channels[channel].repeatable
+            if repeatable and await anyio.to_thread.run_sync(
+                    partial(self.store.retry_lapsed, notification_id, now=now)):
+                continue  # due at once: attempted below, and the receiver recognises the repeat
             failed = await anyio.to_thread.run_sync(
                 partial(self.store.fail_unsent, notification_id, now=now, error=INTERRUPTED)
             )

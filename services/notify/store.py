@@ -27,6 +27,7 @@ from services.notify.models import (
 )
 from shared.db import table_of
 from shared.envelope import derived_event_id
+from shared.events import ReplyChannel
 from shared.idempotency import ProcessedEvent, first_delivery
 from shared.retention import record_deletion, was_deleted
 
@@ -58,6 +59,10 @@ _START_ATTEMPT = (
 _RECORD_ATTEMPT = (
     _UPDATE_NOTIFICATION.where(NOTIFICATIONS.c.status == NotificationStatus.SENDING).returning(*NOTIFICATIONS.c)
 )
+
+
+# The error a retried interrupted attempt leaves on its row until the repeat's outcome replaces it.
+INTERRUPTED_ATTEMPT = "attempt interrupted (the process stopped during it); made again"
 
 
 class UnknownContactError(Exception):
@@ -248,6 +253,20 @@ class NotifyStore:
             session.commit()
             return notification
 
+    def retry_lapsed(self, notification_id: UUID, *, now: datetime) -> bool:
+        """Make a notification whose attempt lapsed due again at once (its channel recognises a repeat); False if it
+        moved on meanwhile (its attempt finished late, or another worker took it)."""
+        with self.engine.connect() as connection:
+            row = connection.execute(
+                _UPDATE_NOTIFICATION.where(NOTIFICATIONS.c.status == NotificationStatus.SENDING,
+                                           NOTIFICATIONS.c.next_attempt_at <= bindparam("w_now"))
+                .values(status=NotificationStatus.PENDING, next_attempt_at=now, error=INTERRUPTED_ATTEMPT)
+                .returning(NOTIFICATIONS.c.notification_id),
+                {"w_id": notification_id, "w_now": now},
+            ).first()
+            connection.commit()
+            return row is not None
+
     def mark_published(self, notification_id: UUID, now: datetime) -> None:
         """Note that the final outcome is on ``ozg.notifications``."""
         with self.engine.connect() as connection:
@@ -266,16 +285,14 @@ class NotifyStore:
                 ).all()
             )
 
-    def lapsed(self, now: datetime, limit: int = 100) -> list[UUID]:
-        """Notifications whose attempt outlived its lease: the process died during it."""
+    def lapsed(self, now: datetime, limit: int = 100) -> list[tuple[UUID, ReplyChannel]]:
+        """Notifications whose attempt outlived its lease (the process died during it), with their channel."""
         with self._session() as session:
-            return list(
-                session.exec(
-                    select(Notification.notification_id)
-                    .where(Notification.status == NotificationStatus.SENDING, col(Notification.next_attempt_at) <= now)
-                    .limit(limit)
-                ).all()
-            )
+            return [(notification_id, ReplyChannel(channel)) for notification_id, channel in session.exec(
+                select(Notification.notification_id, Notification.channel)
+                .where(Notification.status == NotificationStatus.SENDING, col(Notification.next_attempt_at) <= now)
+                .limit(limit)
+            ).all()]
 
     def unpublished(self, before: datetime, limit: int = 100) -> list[Notification]:
         """Final notifications whose outcome was not published (a crash or broker outage after recording it)."""

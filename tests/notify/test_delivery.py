@@ -5,16 +5,20 @@ English through a real SMTP server, and the retention of contact data (SPEC §7)
 from __future__ import annotations
 
 import os
+import socket
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio.to_thread
 from pydantic import SecretStr
 from pypdf import PdfReader
+from sqlalchemy import update
 
-from services.notify.models import NotificationPublic, NotificationStatus
+from services.notify.models import Notification, NotificationPublic, NotificationStatus
 from services.notify.store import NotifyStore
 from shared import events, topics
+from shared.db import make_engine, table_of
 from shared.envelope import parse_event
 from shared.events import CaseStatus, NotificationOutcome, Outcome, PersonalDataDeleted, ReplyChannel
 from shared.runtime import Service
@@ -118,6 +122,48 @@ async def test_postfach_temporary_failure_then_success_delivers_once(
         assert requests[1].body["postfach_id"] == case.postfach_id
         assert requests[1].body["subject"].startswith("Eingangsbestätigung")
         assert mailbox.about(case.reference) == []
+
+
+async def test_an_interrupted_postfach_attempt_is_made_again_by_the_next_instance(
+    tmp_path: Path, kafka_settings: KafkaSettings, postfach: PostfachServer, mailbox: Mailbox
+) -> None:
+    """The process stops while the Postfach has not answered: the Postfach recognises a repeat by its
+    Idempotency-Key, so the next instance sends it (an e-mail would be failed instead: it may have gone out)."""
+    case = Case(channel=ReplyChannel.POSTFACH)
+    url = sqlite_url(tmp_path)
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts connections, never answers
+        silent_url = f"http://127.0.0.1:{silent.getsockname()[1]}/api/v1/messages"
+        async with notify(kafka_settings, url, mailbox.port, postfach_url=silent_url, postfach_timeout_s=60,
+                          postfach_token=SecretStr(postfach.token), scheduler_interval_s=3600) as (service, _):
+            await send(kafka_settings, topics.SUBMITTED, case.submitted())
+
+            async def under_way() -> bool:
+                rows = await anyio.to_thread.run_sync(NotifyStore(service.engine).for_case, case.case_id)
+                return bool(rows) and rows[0].status == NotificationStatus.SENDING
+
+            await wait_until(under_way)
+    # What SIGKILL would have left (a graceful stop records the broken connection as a temporary failure): the row
+    # "sending" with the one attempt, its lease run out.
+    engine = make_engine(url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(update(table_of(Notification)).values(
+                status=NotificationStatus.SENDING, attempts=1, error=None,
+                next_attempt_at=datetime.now(UTC) - timedelta(seconds=1)))
+        lapsed = NotifyStore(engine).lapsed(datetime.now(UTC))
+    finally:
+        engine.dispose()
+    assert [channel for _, channel in lapsed] == [ReplyChannel.POSTFACH]
+
+    async with notify(kafka_settings, url, mailbox.port, postfach_url=postfach.url,
+                      postfach_token=SecretStr(postfach.token), **FAST_RETRIES):
+        [record] = await outcomes(kafka_settings, case, 1)
+        assert header(record, "ce_type") == events.NOTIFICATION_SENT_V1
+        outcome = outcome_of(record)
+        assert outcome.attempts == 2
+        assert outcome.error is None
+        [request] = postfach.about(case.reference)
+        assert request.headers["idempotency-key"] == str(outcome.notification_id)
 
 
 async def test_a_scheduled_retry_survives_a_restart(tmp_path: Path, kafka_settings: KafkaSettings) -> None:
