@@ -22,6 +22,7 @@ from cloudevents.core.v1.event import CloudEvent
 from pydantic import BaseModel, ValidationError
 
 from shared import tracing
+from shared.events import utc_representable
 
 CONTENT_TYPE = "application/json"
 _REQUIRED = ("ce_specversion", "ce_id", "ce_source", "ce_type")
@@ -194,12 +195,9 @@ def parse_event(
         if _CONTROL.search(attribute):
             raise InvalidEvent(f"ce_{name} holds control characters")
     time = event.get_time() or datetime.now(UTC)
-    try:
-        # Valid ISO 8601 at the edges of the calendar (0001-01-01T00:00+01:00) has no UTC time: every consumer
-        # compares, stores or canonicalises the time, and an OverflowError there would fail its batch for ever.
-        time.astimezone(UTC)
-    except (OverflowError, ValueError):
-        raise InvalidEvent("ce_time lies outside the range of UTC times") from None
+    if not utc_representable(time):
+        # Every consumer compares, stores or canonicalises the time: an OverflowError there would fail it for ever.
+        raise InvalidEvent("ce_time lies outside the range of UTC times")
     return Envelope(
         id=event_id,
         type=event_type,

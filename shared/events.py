@@ -36,17 +36,24 @@ Lines = Annotated[str, Field(pattern=r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$")]
 Reference = Annotated[Line, Field(min_length=1, max_length=32)]
 
 
-def _utc_representable(moment: datetime) -> datetime:
-    # 0001-01-01T00:00+01:00 is valid ISO 8601 but lies before the first UTC time Python has: comparing, storing
-    # or canonicalising it would raise OverflowError later, in whichever consumer meets it (an error, not an answer).
+def utc_representable(moment: datetime) -> bool:
+    """Whether ``moment`` has a UTC equivalent. 0001-01-01T00:00+01:00 is valid ISO 8601 but lies before the first
+    UTC time Python has: comparing, storing or canonicalising it would raise OverflowError later, in whichever
+    consumer meets it (an error, not an answer)."""
     try:
         moment.astimezone(UTC)
     except (OverflowError, ValueError):
-        raise ValueError("the time lies outside the range of UTC times") from None
+        return False
+    return True
+
+
+def _in_utc_range(moment: datetime) -> datetime:
+    if not utc_representable(moment):
+        raise ValueError("the time lies outside the range of UTC times")
     return moment
 
 
-Instant = Annotated[datetime, AfterValidator(_utc_representable)]
+Instant = Annotated[datetime, AfterValidator(_in_utc_range)]
 """A point in time every service can convert to UTC."""
 
 # Deeper forms are refused: no form of the catalogue nests beyond a few levels, and the JSON-Schema validator and
