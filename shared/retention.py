@@ -8,8 +8,11 @@ delete and the publish loses nothing.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Hashable, Sequence
+import stat
+import time
+from collections.abc import Awaitable, Callable, Collection, Hashable, Iterable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TypeVar
 from uuid import UUID
 
@@ -121,3 +124,26 @@ class DeletionPublisher:
         await publish(self.broker, topics.DELETIONS, event)
         await anyio.to_thread.run_sync(self._mark_published, deletion)
         log.info("personal data deleted after retention", extra={"case_id": str(deletion.case_id)})
+
+
+def remove_stale_files(paths: Iterable[Path], older_than_s: float, *, keep: Collection[Path] = ()) -> int:
+    """Delete the regular files among ``paths`` (a glob of temporary files) that nothing wrote to for
+    ``older_than_s``, except those in ``keep``; returns how many.
+
+    A crash leaves such files behind, and they may hold personal data. Judged by the last write, not the start: a
+    file still being written is younger than any sensible ``older_than_s``.
+    """
+    cutoff = time.time() - older_than_s
+    removed = 0
+    for path in paths:
+        if path in keep:
+            continue
+        try:
+            status = path.lstat()
+            if not stat.S_ISREG(status.st_mode) or status.st_mtime >= cutoff:
+                continue
+            path.unlink()
+        except FileNotFoundError:  # finished (renamed into place) or removed meanwhile
+            continue
+        removed += 1
+    return removed

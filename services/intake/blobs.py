@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import stat
-import time
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 from uuid import UUID
 
 import anyio.to_thread
 from botocore.exceptions import ClientError
+
+from shared.retention import remove_stale_files
 
 if TYPE_CHECKING:
     from botocore.response import StreamingBody
@@ -142,24 +143,8 @@ class LocalBlobStore:
     async def sweep_partial(self, older_than_s: float) -> int:
         """Remove the files in ``root/tmp`` of uploads another (crashed) process began: not this process's own
         writers, and only once their last write is ``older_than_s`` ago (they hold personal data)."""
-        cutoff = time.time() - older_than_s
         writing = frozenset(self._writing)  # taken on the event loop; a writer begun later has a fresh file
-
-        def sweep() -> int:
-            removed = 0
-            for path in (self.root / "tmp").glob("*.part"):
-                if path in writing:
-                    continue
-                try:
-                    status = path.lstat()
-                    if not stat.S_ISREG(status.st_mode) or status.st_mtime >= cutoff:
-                        continue
-                    path.unlink()
-                except FileNotFoundError:  # committed or aborted meanwhile
-                    continue
-                removed += 1
-            return removed
-
+        sweep = partial(remove_stale_files, (self.root / "tmp").glob("*.part"), older_than_s, keep=writing)
         return await anyio.to_thread.run_sync(sweep)
 
 

@@ -7,7 +7,6 @@ Errors are reported by class and status code only: an SMTP server's or API's tex
 
 import contextlib
 import os
-import stat
 import tempfile
 import time
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from services.notify.letters import LetterContent, letter_filename, render_lette
 from services.notify.messages import Message
 from services.notify.models import Contact
 from services.notify.settings import Settings
+from shared.retention import remove_stale_files
 
 # An SMTP connection is reused for the next message while it has been idle less than this (relays close idle
 # sessions after a few minutes; RFC 5321 §4.5.3.2.7 asks them to wait at least 5), and at most this many are kept.
@@ -317,18 +317,7 @@ class LetterChannel:
     def sweep_parts(self, older_than_s: float = STALE_PART_S) -> int:
         """Delete the temporary files of letters a crash left behind (name and address are on them) once they are
         ``older_than_s`` old, judged by their last write; returns how many."""
-        cutoff = time.time() - older_than_s
-        removed = 0
-        for path in self.directory.glob(f"{PART_PREFIX}*{PART_SUFFIX}"):
-            try:
-                status = path.lstat()
-                if not stat.S_ISREG(status.st_mode) or status.st_mtime >= cutoff:
-                    continue
-                path.unlink()
-            except FileNotFoundError:  # renamed into place or removed meanwhile
-                continue
-            removed += 1
-        return removed
+        return remove_stale_files(self.directory.glob(f"{PART_PREFIX}*{PART_SUFFIX}"), older_than_s)
 
     def _write(self, name: str, pdf: bytes) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
