@@ -220,13 +220,16 @@ def serve(app: FastAPI, settings: ServiceSettings, **uvicorn_options: Any) -> No
 def main(
     build: Callable[[], tuple[Service, FastAPI]],
     argv: Sequence[str],
+    *,
+    settings: Callable[[], ServiceSettings],
+    migrations: Path,
     extra: dict[str, Callable[[list[str]], int]] | None = None,
 ) -> int:
     """``python -m services.<name> [serve|migrate|...] [args]``; ``serve`` is the default command.
 
     ``-h`` lists the commands; an unknown command or option is refused (exit 2) instead of starting the service.
-    Each extra command parses its own arguments; one named ``migrate`` replaces the default, which builds the
-    whole service.
+    ``migrate`` reads only the service's ``settings`` and applies its ``migrations``: a migration job needs no more
+    than the database (no broker, no key). Each extra command parses its own arguments.
     """
 
     def _serve() -> int:
@@ -235,23 +238,24 @@ def main(
         return 0
 
     def _migrate() -> int:
-        service, _ = build()
-        configure_logging(service.settings.log_level, json=service.settings.log_json, service=service.name)
-        service.migrate()
+        current = settings()
+        configure_logging(current.log_level, json=current.log_json, service=current.service_name)
+        engine = db.make_engine(current.database_url)
+        try:
+            db.migrate(engine, migrations, current.service_name)
+        finally:
+            engine.dispose()
         return 0
 
     extra = extra or {}
     prog = "python -m " + build.__module__.rsplit(".", 1)[0]
     parser = argparse.ArgumentParser(prog=prog, description="Run the service, or one of its commands.")
     commands = parser.add_subparsers(dest="command", metavar="command")
-    own = {"serve": "serve the HTTP API and consume the service's topics (the default)",
-           "migrate": "bring the database to the newest migration, then exit"}
-    for name, text in own.items():
-        if name not in extra:
-            commands.add_parser(name, help=text)
+    commands.add_parser("serve", help="serve the HTTP API and consume the service's topics (the default)")
+    commands.add_parser("migrate", help="bring the database to the newest migration, then exit")
     for name, command in extra.items():
         # Its own parser sees the rest of the line (and answers its own -h).
-        commands.add_parser(name, help=(command.__doc__ or own.get(name, "")).split("\n")[0], add_help=False,
+        commands.add_parser(name, help=(command.__doc__ or "").split("\n")[0], add_help=False,
                             prefix_chars="\0").add_argument("args", nargs=argparse.REMAINDER)
     options = parser.parse_args(list(argv))
     if options.command in extra:

@@ -28,7 +28,6 @@ from services.audit.signing import (
 from services.audit.store import Anchor, AuditStore
 from shared import db
 from shared.jobs import periodic
-from shared.logs import configure_logging
 from shared.runtime import Service
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -74,20 +73,6 @@ def build(settings: Settings | None = None) -> tuple[Service, FastAPI]:
         routers=[api.create_router(service, store, signer, monitor)],
     )
     return service, app
-
-
-def migrate_command(args: list[str]) -> int:
-    """Bring the database to the newest migration, then exit; needs no signing key (a migration job has none)."""
-    argparse.ArgumentParser(prog="python -m services.audit migrate", description=migrate_command.__doc__).parse_args(
-        args)
-    settings = Settings()
-    configure_logging(settings.log_level, json=settings.log_json, service=settings.service_name)
-    engine = db.make_engine(settings.database_url)
-    try:
-        db.migrate(engine, MIGRATIONS, settings.service_name)
-    finally:
-        engine.dispose()
-    return 0
 
 
 def _public_key(settings: Settings, public_key_file: Path | None) -> Ed25519PublicKey | None:

@@ -57,5 +57,5 @@ def import_postcodes(args: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(build, sys.argv[1:], extra={"import-directory": import_directory,
-                                               "import-postcodes": import_postcodes}))
+    sys.exit(main(build, sys.argv[1:], settings=Settings, migrations=MIGRATIONS,
+                  extra={"import-directory": import_directory, "import-postcodes": import_postcodes}))
