@@ -17,7 +17,7 @@ from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import Counter
 
-from services.intake.attachments import MEDIA_TYPES, receive
+from services.intake.attachments import BODY_ALLOWANCE, MEDIA_TYPES, receive, too_large
 from services.intake.blobs import BlobStore
 from services.intake.models import (
     ApplicationAccepted,
@@ -331,9 +331,8 @@ def create_router(
         """Stream a file into the blob store; its media type is judged from its content, never from the header."""
         limit = settings.max_attachment_bytes
         declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit + 64 * 1024:
-            raise ProblemException(413, f"An attachment may have at most {limit} bytes.",
-                                   kind="attachment-too-large", title="Attachment too large")
+        if declared.isdigit() and int(declared) > limit + BODY_ALLOWANCE:
+            raise too_large(limit)
         upload, fields = await receive(request.headers.get("content-type", ""), request.stream(), blobs, limit)
         expected = fields.get("sha512")
         if expected is not None and expected.strip().lower() != upload.sha512:
