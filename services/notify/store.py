@@ -56,6 +56,9 @@ _START_ATTEMPT = (
     .values(status=NotificationStatus.SENDING, attempts=NOTIFICATIONS.c.attempts + 1)
     .returning(*NOTIFICATIONS.c)
 )
+# An attempt that outlived its lease: the process died during it (``w_now``: the time of the check).
+_LAPSED = (NOTIFICATIONS.c.status == NotificationStatus.SENDING) & (
+    NOTIFICATIONS.c.next_attempt_at <= bindparam("w_now"))
 _RECORD_ATTEMPT = (
     _UPDATE_NOTIFICATION.where(NOTIFICATIONS.c.status == NotificationStatus.SENDING).returning(*NOTIFICATIONS.c)
 )
@@ -258,8 +261,7 @@ class NotifyStore:
         moved on meanwhile (its attempt finished late, or another worker took it)."""
         with self.engine.connect() as connection:
             row = connection.execute(
-                _UPDATE_NOTIFICATION.where(NOTIFICATIONS.c.status == NotificationStatus.SENDING,
-                                           NOTIFICATIONS.c.next_attempt_at <= bindparam("w_now"))
+                _UPDATE_NOTIFICATION.where(_LAPSED)
                 .values(status=NotificationStatus.PENDING, next_attempt_at=now, error=INTERRUPTED_ATTEMPT)
                 .returning(NOTIFICATIONS.c.notification_id),
                 {"w_id": notification_id, "w_now": now},
@@ -287,12 +289,10 @@ class NotifyStore:
 
     def lapsed(self, now: datetime, limit: int = 100) -> list[tuple[UUID, ReplyChannel]]:
         """Notifications whose attempt outlived its lease (the process died during it), with their channel."""
-        with self._session() as session:
-            return [(notification_id, ReplyChannel(channel)) for notification_id, channel in session.exec(
-                select(Notification.notification_id, Notification.channel)
-                .where(Notification.status == NotificationStatus.SENDING, col(Notification.next_attempt_at) <= now)
-                .limit(limit)
-            ).all()]
+        query = core_select(NOTIFICATIONS.c.notification_id, NOTIFICATIONS.c.channel).where(_LAPSED).limit(limit)
+        with self.engine.connect() as connection:
+            return [(notification_id, ReplyChannel(channel))
+                    for notification_id, channel in connection.execute(query, {"w_now": now})]
 
     def unpublished(self, before: datetime, limit: int = 100) -> list[Notification]:
         """Final notifications whose outcome was not published (a crash or broker outage after recording it)."""
