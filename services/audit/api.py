@@ -11,7 +11,7 @@ from fastapi.responses import Response
 from services.audit.models import CaseTrail, CheckpointList, VerifyReport
 from services.audit.monitor import ChainMonitor
 from services.audit.signing import CheckpointSigner
-from services.audit.store import Anchor, AuditStore
+from services.audit.store import HEAD_HASH, Anchor, AuditStore
 from shared.auth import require
 from shared.db import MAX_BIGINT
 from shared.events import ClientRecord
@@ -20,8 +20,6 @@ from shared.runtime import Service
 
 PROBLEM: dict[str, Any] = {"content": {MEDIA_TYPE: {}}}
 PEM_MEDIA_TYPE = "application/x-pem-file"
-# A head hash as /v1/checkpoints gives it.
-HEAD_HASH_PATTERN = "^[0-9a-f]{64}$"
 
 
 def create_router(service: Service, store: AuditStore, signer: CheckpointSigner, monitor: ChainMonitor) -> APIRouter:
@@ -46,7 +44,7 @@ def create_router(service: Service, store: AuditStore, signer: CheckpointSigner,
             ge=1, le=MAX_BIGINT, description="seq of a checkpoint you kept (with head_hash): the chain must reach it",
         )] = None,
         head_hash: Annotated[str | None, Query(
-            pattern=HEAD_HASH_PATTERN, description="head_hash of that checkpoint: entry seq's hash must be it",
+            pattern=f"^{HEAD_HASH}$", description="head_hash of that checkpoint: entry seq's hash must be it",
         )] = None,
     ) -> VerifyReport:
         """Recompute the chain: whether it is intact, its length and head hash, or the first broken entry.

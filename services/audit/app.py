@@ -25,7 +25,7 @@ from services.audit.signing import (
     load_public_key,
     resolve_private_key,
 )
-from services.audit.store import Anchor, AuditStore
+from services.audit.store import HEAD_HASH, Anchor, AuditStore
 from shared import db
 from shared.jobs import periodic
 from shared.runtime import Service
@@ -87,7 +87,7 @@ def _public_key(settings: Settings, public_key_file: Path | None) -> Ed25519Publ
     return key.public_key() if key is not None else None
 
 
-_ANCHOR = re.compile(r"([0-9]{1,19}):([0-9a-f]{64})")
+_ANCHOR = re.compile(rf"([0-9]{{1,19}}):({HEAD_HASH})")
 
 
 def _anchor(text: str) -> Anchor:

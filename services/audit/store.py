@@ -49,7 +49,8 @@ from services.audit.signing import (
 )
 
 __all__ = [
-    "HASHED_COLUMNS", "Anchor", "AuditStore", "NewEntry", "canonical_fields", "canonical_time", "entry_hash",
+    "HASHED_COLUMNS", "HEAD_HASH", "Anchor", "AuditStore", "NewEntry", "canonical_fields", "canonical_time",
+    "entry_hash",
 ]
 
 log = logging.getLogger(__name__)
@@ -60,8 +61,9 @@ HASHED_COLUMNS = (
     "offset", "data_sha256", "status", "destination_id", "reason", "prev_hash",
 )
 _FIELD_COUNT = len(HASHED_COLUMNS)
-# A head hash as an anchor gives it: SHA-256, 64 lower-case hex digits.
-_HEX64 = re.compile(r"[0-9a-f]{64}")
+# A head hash as checkpoints and anchors give it: SHA-256, 64 lower-case hex digits.
+HEAD_HASH = "[0-9a-f]{64}"
+_HEAD_HASH = re.compile(HEAD_HASH)
 # Bound parameters per "event_id IN (...)" query: far below every database's limit.
 _LOOKUP_CHUNK = 500
 # The canonical time format, as PostgreSQL's to_char writes it (SQLite's stored text is turned into the same).
@@ -420,7 +422,7 @@ class AuditStore:
         if dialect not in ("sqlite", "postgresql"):
             raise ValueError(f"verify() supports SQLite and PostgreSQL, not {dialect}")
         for anchor in anchors:
-            if anchor.seq < 1 or not _HEX64.fullmatch(anchor.head_hash):
+            if anchor.seq < 1 or not _HEAD_HASH.fullmatch(anchor.head_hash):
                 raise ValueError("an anchor is a seq >= 1 and a head hash of 64 lower-case hex digits")
         key = public_key or (self.signer.public_key if self.signer is not None else None)
         with self.engine.connect() as connection:
