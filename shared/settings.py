@@ -28,6 +28,11 @@ class KafkaSettings(BaseSettings):
     # whose back office needs several consumers.
     destination_partitions: int = Field(default=1, ge=1)
     replication_factor: int = Field(default=1, ge=1)
+    # How long the brokers keep the records of every topic the services create, but the compacted ozg.clients
+    # (retention.ms). SPEC §7 bounds personal data, and the topics hold it: submitted applications, each back office's
+    # dispatched cases, their dead letters. Without it the cluster's default holds, which may be "for ever". A back
+    # office that reads its topic must read within it, and a replay reaches back no further. 0: the broker's default.
+    retention_days: float = Field(default=30, ge=0)
     graceful_timeout_s: float = Field(default=10.0, gt=0)
     request_timeout_ms: int = Field(default=10_000, ge=1000)
     # How often consumers refresh metadata; short so pattern subscriptions see new topics quickly.
@@ -72,6 +77,11 @@ class KafkaSettings(BaseSettings):
         if self.ssl_keyfile is not None and self.ssl_certfile is None:
             raise ValueError("OZG_KAFKA_SSL_KEYFILE needs OZG_KAFKA_SSL_CERTFILE")
         return self
+
+    @property
+    def retention_ms(self) -> int | None:
+        """``retention_days`` as Kafka's ``retention.ms`` (None: leave it to the broker)."""
+        return round(self.retention_days * 86_400_000) if self.retention_days else None
 
     def security(self) -> BaseSecurity | None:
         """FastStream's description of how to connect (None: plaintext, no authentication)."""

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from uuid import UUID
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from shared.settings import KafkaSettings
 
@@ -24,6 +25,7 @@ CLIENTS = "ozg.clients"
 DELETIONS = "ozg.privacy.deletions"
 DESTINATION_PREFIX = "ozg.dest."
 DLQ_SUFFIX = ".dlq"
+RETENTION = "retention.ms"
 
 # Every topic a consumer reads gets a dead-letter twin.
 CONSUMED = (SUBMITTED, ROUTED, UNROUTABLE, CASE_STATUS, NOTIFICATIONS, CLIENTS, DELETIONS)
@@ -68,11 +70,23 @@ def standard_topics() -> list[TopicSpec]:
     return specs
 
 
+def topic_config(spec: TopicSpec, settings: KafkaSettings) -> dict[str, str]:
+    """The configuration a topic is created with: compaction for ``ozg.clients``, else the deployment's retention."""
+    config: dict[str, str] = {}
+    if spec.compacted:
+        config["cleanup.policy"] = "compact"
+    elif settings.retention_ms is not None:
+        config[RETENTION] = str(settings.retention_ms)
+    return {**config, **spec.config}
+
+
 async def ensure_topics(settings: KafkaSettings, specs: Iterable[TopicSpec]) -> None:
-    """Create the topics that don't exist yet; existing ones are left as they are.
+    """Create the topics that don't exist yet; existing ones are left as they are, with a warning where their
+    retention differs from the deployment's (see ``check_retention``).
 
     Nothing relies on broker auto-creation: Apache Kafka in production has it turned off.
     """
+    specs = list(specs)
     admin = AIOKafkaAdminClient(
         bootstrap_servers=settings.bootstrap_servers,
         request_timeout_ms=settings.request_timeout_ms,
@@ -81,6 +95,7 @@ async def ensure_topics(settings: KafkaSettings, specs: Iterable[TopicSpec]) -> 
     await admin.start()
     try:
         existing = set(await admin.list_topics())
+        await check_retention(admin, settings, [spec for spec in specs if spec.name in existing])
         missing = [spec for spec in specs if spec.name not in existing]
         if not missing:
             return
@@ -89,7 +104,7 @@ async def ensure_topics(settings: KafkaSettings, specs: Iterable[TopicSpec]) -> 
                 name=spec.name,
                 num_partitions=spec.partitions or settings.partitions,
                 replication_factor=settings.replication_factor,
-                topic_configs={**({"cleanup.policy": "compact"} if spec.compacted else {}), **spec.config},
+                topic_configs=topic_config(spec, settings),
             )
             for spec in missing
         ]
@@ -99,3 +114,35 @@ async def ensure_topics(settings: KafkaSettings, specs: Iterable[TopicSpec]) -> 
         log.info("created topics", extra={"topics": [spec.name for spec in missing]})
     finally:
         await admin.close()
+
+
+async def check_retention(admin: AIOKafkaAdminClient, settings: KafkaSettings, specs: list[TopicSpec]) -> None:
+    """Warn about existing topics that keep records longer or shorter than ``settings.retention_days``.
+
+    The services never change an existing topic's configuration (the operator may have had a reason; Kafka's
+    AlterConfigs replaces a topic's whole configuration). A topic created before the setting, or by hand, keeps its
+    own; the warning names it, and ``kafka-configs.sh --alter --add-config retention.ms=…`` aligns it.
+    """
+    expected = {spec.name: config[RETENTION] for spec in specs if RETENTION in (config := topic_config(spec, settings))}
+    if not expected:
+        return
+    try:
+        responses = await admin.describe_configs(
+            # All of each topic's settings: Tansu drops the connection when asked for some by name.
+            [ConfigResource(ConfigResourceType.TOPIC, name) for name in sorted(expected)])
+    except KafkaError as exc:
+        log.warning("could not read the topics' retention", extra={"error": type(exc).__name__})
+        return
+    actual: dict[str, str | None] = {}
+    for response in responses:
+        # (error_code, error_message, resource_type, resource_name, config_entries); an entry starts with
+        # (config_name, config_value, …). A broker may leave out a setting it holds no value for.
+        for error_code, _message, _type, name, entries in response.resources:
+            if error_code == 0:
+                actual[name] = next((entry[1] for entry in entries if entry[0] == RETENTION), None)
+    differing = sorted(name for name, value in actual.items() if value != expected[name])
+    if differing:
+        log.warning("topics keep records for another time than OZG_KAFKA_RETENTION_DAYS; the services do not change "
+                    "an existing topic's configuration", extra={
+                        "topics": differing, "retention_ms": {name: actual[name] for name in differing},
+                        "expected_retention_ms": settings.retention_ms})
