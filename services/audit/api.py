@@ -2,15 +2,17 @@
 
 
 import uuid
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 import anyio.to_thread
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
 
-from services.audit.models import CaseTrail, CheckpointList, VerifyReport
+from services.audit.models import CaseTrail, CheckpointList, PublicKey, PublicKeyList, VerifyReport
 from services.audit.monitor import ChainMonitor
-from services.audit.signing import CheckpointSigner
+from services.audit.signing import CheckpointSigner, public_pem, trusted_keys
 from services.audit.store import HEAD_HASH, Anchor, AuditStore
 from shared.auth import require
 from shared.db import MAX_BIGINT
@@ -22,8 +24,16 @@ PROBLEM: dict[str, Any] = {"content": {MEDIA_TYPE: {}}}
 PEM_MEDIA_TYPE = "application/x-pem-file"
 
 
-def create_router(service: Service, store: AuditStore, signer: CheckpointSigner, monitor: ChainMonitor) -> APIRouter:
-    """The routes of audit's API; ``monitor`` verifies the chain and exports the verdict."""
+def create_router(
+    service: Service, store: AuditStore, signer: CheckpointSigner, trusted: Sequence[Ed25519PublicKey],
+    monitor: ChainMonitor,
+) -> APIRouter:
+    """The routes of audit's API; ``trusted`` are the public keys verification accepts (the signer's among them),
+    ``monitor`` verifies the chain and exports the verdict."""
+    keys = PublicKeyList(keys=[
+        PublicKey(key_id=kid, pem=public_pem(key).decode("ascii"), signing=kid == signer.key_id)
+        for kid, key in trusted_keys(trusted).items()
+    ])
     router = APIRouter(prefix="/v1", tags=["audit"])
     read_scope = require(service.clients, "audit:read")
 
@@ -69,6 +79,13 @@ def create_router(service: Service, store: AuditStore, signer: CheckpointSigner,
         """The Ed25519 public key (PEM, SubjectPublicKeyInfo) that checks every checkpoint's signature. Public:
         auditors keep a copy, so a checkpoint can be checked without trusting this service."""
         return Response(signer.public_pem, media_type=PEM_MEDIA_TYPE, headers={"X-Key-Id": signer.key_id})
+
+    @router.get("/checkpoints/public-keys", summary="Every public key that checks checkpoint signatures")
+    async def public_keys() -> PublicKeyList:
+        """The signing key's public key and those of earlier signing keys (after a rotation) or of the next one
+        (before it), each with the id that checkpoints name. Public, like ``/checkpoints/public-key``; take a new
+        key into your own copy only through a channel you trust besides this service."""
+        return keys
 
     @router.get("/checkpoints", summary="Signed checkpoints of the chain",
                 responses={401: PROBLEM, 403: PROBLEM, 422: PROBLEM})

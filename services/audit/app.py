@@ -22,7 +22,7 @@ from services.audit.signing import (
     CheckpointSigner,
     SigningKeyError,
     development_key_file,
-    load_public_key,
+    load_public_keys,
     resolve_private_key,
 )
 from services.audit.store import HEAD_HASH, Anchor, AuditStore
@@ -46,10 +46,21 @@ def make_signer(settings: Settings) -> CheckpointSigner:
     return CheckpointSigner(key)
 
 
+def configured_trusted_keys(settings: Settings) -> list[Ed25519PublicKey]:
+    """The public keys of ``AUDIT_TRUSTED_PUBLIC_KEYS`` (none when unset); unreadable ones are an error."""
+    if not settings.trusted_public_keys:
+        return []
+    try:
+        return load_public_keys(settings.trusted_public_keys.encode())
+    except SigningKeyError as exc:
+        raise SigningKeyError(f"AUDIT_TRUSTED_PUBLIC_KEYS: {exc}") from None
+
+
 def build(settings: Settings | None = None) -> tuple[Service, FastAPI]:
     """The audit service and its ASGI app."""
     settings = settings or Settings()
     signer = make_signer(settings)
+    keys = [signer.public_key, *configured_trusted_keys(settings)]
     service = Service(settings, migrations=MIGRATIONS)
     store = AuditStore(service.engine, signer, checkpoint_every=settings.checkpoint_every,
                        checkpoint_interval_s=settings.checkpoint_interval_s)
@@ -58,7 +69,7 @@ def build(settings: Settings | None = None) -> tuple[Service, FastAPI]:
     # A checkpoint every checkpoint_interval_s while the chain grows, however slowly.
     service.background.append(periodic("audit checkpoint", min(settings.checkpoint_interval_s / 4, 5.0),
                                        lambda: anyio.to_thread.run_sync(store.checkpoint_if_due), wait_first=True))
-    monitor = ChainMonitor(store, signer.public_key, service.registry)
+    monitor = ChainMonitor(store, keys, service.registry)
     if settings.verify_interval_s > 0:
         # The whole chain every verify_interval_s, the first time one interval after the start: a restart changes
         # nothing in the chain, and a replica KEDA starts because of lag should catch up before walking the chain.
@@ -70,21 +81,21 @@ def build(settings: Settings | None = None) -> tuple[Service, FastAPI]:
         description="Keeps an append-only, tamper-evident hash chain of every event, with Ed25519-signed "
         "checkpoints; serves case trails, checkpoints and their public key, and verifies the chain. Holds digests "
         "of event data, never the data.",
-        routers=[api.create_router(service, store, signer, monitor)],
+        routers=[api.create_router(service, store, signer, keys, monitor)],
     )
     return service, app
 
 
-def _public_key(settings: Settings, public_key_file: Path | None) -> Ed25519PublicKey | None:
-    if public_key_file is not None:
-        return load_public_key(public_key_file.read_bytes())
+def _public_keys(settings: Settings, public_key_files: list[Path]) -> list[Ed25519PublicKey]:
+    if public_key_files:
+        return [key for path in public_key_files for key in load_public_keys(path.read_bytes())]
     key = resolve_private_key(
         settings.signing_key.get_secret_value() if settings.signing_key else None,
         key_file=settings.signing_key_file or development_key_file(settings.database_url),
         production=settings.environment == "production",
         generate=False,
     )
-    return key.public_key() if key is not None else None
+    return [*([key.public_key()] if key is not None else []), *configured_trusted_keys(settings)]
 
 
 _ANCHOR = re.compile(rf"([0-9]{{1,19}}):({HEAD_HASH})")
@@ -103,13 +114,15 @@ def verify_command(args: list[str], settings: Settings | None = None) -> int:
     """``python -m services.audit verify [--public-key FILE] [--expect SEQ:HEAD_HASH ...]``: print the report as
     JSON; exit 0 if intact, 1 if not, 2 on error.
 
-    Checkpoint signatures are checked against the PEM public key in FILE (as ``GET /v1/checkpoints/public-key``
-    serves it), else against the public half of the configured signing key. Each ``--expect`` is a checkpoint
+    Each checkpoint's signature is checked against the key it names among the PEM public keys in the FILEs (as
+    ``GET /v1/checkpoints/public-keys`` serves them; a file may hold several), else among the public half of the
+    configured signing key and ``AUDIT_TRUSTED_PUBLIC_KEYS``. Each ``--expect`` is a checkpoint
     the auditor fetched earlier and kept outside audit's database: the chain must reach its seq with its head hash.
     """
     parser = argparse.ArgumentParser(prog="python -m services.audit verify")
-    parser.add_argument("--public-key", type=Path, default=None,
-                        help="PEM file of the checkpoint public key (default: from AUDIT_SIGNING_KEY)")
+    parser.add_argument("--public-key", type=Path, action="append", default=[], metavar="FILE",
+                        help="PEM file of checkpoint public keys, one or more; repeatable; every checkpoint must "
+                        "name one of them (default: AUDIT_SIGNING_KEY's and AUDIT_TRUSTED_PUBLIC_KEYS)")
     parser.add_argument("--expect", type=_anchor, action="append", default=[], metavar="SEQ:HEAD_HASH",
                         help="a checkpoint kept outside audit's database (seq and head_hash, as GET /v1/checkpoints "
                         "gave them, signature checked): the chain must reach entry SEQ and its hash be HEAD_HASH; "
@@ -121,8 +134,8 @@ def verify_command(args: list[str], settings: Settings | None = None) -> int:
     # Only the database: verifying needs neither the broker nor the HTTP app, and changes nothing.
     engine = db.make_engine(settings.database_url)
     try:
-        public_key = _public_key(settings, options.public_key)
-        report = AuditStore(engine).verify(public_key, workers=max(1, options.workers), anchors=options.expect)
+        public_keys = _public_keys(settings, options.public_key)
+        report = AuditStore(engine).verify(public_keys, workers=max(1, options.workers), anchors=options.expect)
     except (SigningKeyError, OSError) as exc:
         print(f"cannot check the checkpoint signatures: {exc}", file=sys.stderr)
         return 2

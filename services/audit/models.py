@@ -19,7 +19,8 @@ from shared.db import table_of
 GENESIS_HASH = "0" * 64
 
 ProblemKind = Literal[
-    "changed", "removed", "unlinked", "truncated", "checkpoint_signature_invalid", "checkpoint_mismatch",
+    "changed", "removed", "unlinked", "truncated", "checkpoint_signature_invalid", "checkpoint_key_unknown",
+    "checkpoint_mismatch",
 ]
 
 
@@ -126,8 +127,24 @@ class Checkpoint(BaseModel):
 class CheckpointList(BaseModel):
     """Checkpoints in sequence order, and the id of the key that signs new ones."""
 
-    key_id: str = PydanticField(description="Id of the public key served at /v1/checkpoints/public-key")
+    key_id: str = PydanticField(description="Id of the key that signs new checkpoints (served at "
+                                "/v1/checkpoints/public-key); each checkpoint names its own")
     checkpoints: list[Checkpoint]
+
+
+class PublicKey(BaseModel):
+    """One public key that checks checkpoint signatures."""
+
+    key_id: str = PydanticField(description="First 16 hex digits of the SHA-256 of the raw 32-byte public key; a "
+                                "checkpoint's key_id names the key that signed it")
+    pem: str = PydanticField(description="The Ed25519 public key as PEM (SubjectPublicKeyInfo)")
+    signing: bool = PydanticField(description="Whether this service signs new checkpoints with it")
+
+
+class PublicKeyList(BaseModel):
+    """Every public key verification accepts: the signing key's and the trusted earlier (or next) ones."""
+
+    keys: list[PublicKey]
 
 
 class VerifyReport(BaseModel):

@@ -32,11 +32,11 @@ class ChainMonitor:
     """
 
     def __init__(
-        self, store: AuditStore, public_key: Ed25519PublicKey | None, registry: CollectorRegistry | None = None,
+        self, store: AuditStore, public_keys: Sequence[Ed25519PublicKey], registry: CollectorRegistry | None = None,
         *, clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
-        self.public_key = public_key
+        self.public_keys = public_keys
         self.clock = clock
         self._lock = threading.Lock()
         # (started, finished, intact) of the verification whose verdict is exported, or None.
@@ -48,7 +48,7 @@ class ChainMonitor:
         """Verify the whole chain (in the calling thread: call it through a worker thread), export and log the
         verdict; ``trigger`` says who asked (``api`` or ``schedule``), for the log."""
         started = self.clock()
-        report = self.store.verify(self.public_key, anchors=anchors)
+        report = self.store.verify(self.public_keys, anchors=anchors)
         finished = self.clock()
         with self._lock:
             # Two verifications may overlap (the schedule and an auditor): the one started later saw more.

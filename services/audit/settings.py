@@ -21,6 +21,9 @@ class Settings(ServiceSettings):
     environment: Literal["development", "production"] = "development"
     # Ed25519 private key of the checkpoints: PEM (PKCS#8) or base64 of the raw 32 bytes.
     signing_key: SecretStr | None = None
+    # Further Ed25519 public keys (PEM, one or more blocks) whose checkpoints verification accepts: the earlier
+    # signing keys after a rotation, and the next one before it (README: rotating the signing key).
+    trusted_public_keys: str | None = None
     # Where development keeps its generated key; default: beside the SQLite database, else ./.run/.
     signing_key_file: Path | None = None
     # A checkpoint is signed once this many entries were appended since the last one ...

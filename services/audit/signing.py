@@ -12,6 +12,8 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from json.encoder import encode_basestring_ascii as _json
 from pathlib import Path
@@ -78,6 +80,17 @@ def load_public_key(pem: bytes) -> Ed25519PublicKey:
     return key
 
 
+_PEM_PUBLIC_KEY = re.compile(rb"-----BEGIN PUBLIC KEY-----.+?-----END PUBLIC KEY-----", re.DOTALL)
+
+
+def load_public_keys(pem: bytes) -> list[Ed25519PublicKey]:
+    """Every Ed25519 public key in a PEM text of one or more SubjectPublicKeyInfo blocks (files concatenated)."""
+    blocks = _PEM_PUBLIC_KEY.findall(pem)
+    if not blocks:
+        raise SigningKeyError("no PEM public key (-----BEGIN PUBLIC KEY-----) found")
+    return [load_public_key(block) for block in blocks]
+
+
 def public_pem(key: Ed25519PublicKey) -> bytes:
     """The public key as PEM (SubjectPublicKeyInfo)."""
     return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -96,6 +109,15 @@ def signature_valid(key: Ed25519PublicKey, message: bytes, signature_hex: str) -
     except (InvalidSignature, ValueError, TypeError):
         return False
     return True
+
+
+def trusted_keys(keys: Iterable[Ed25519PublicKey]) -> dict[str, Ed25519PublicKey]:
+    """The public keys whose checkpoint signatures verification accepts, by ``key_id()``.
+
+    A checkpoint names the key that signed it. After a rotation of the signing key the earlier checkpoints name the
+    earlier key, which stays trusted for as long as they exist: for ever, as the chain is append-only.
+    """
+    return {key_id(key): key for key in keys}
 
 
 class CheckpointSigner:

@@ -14,7 +14,7 @@ import hashlib
 import logging
 import multiprocessing
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -46,6 +46,7 @@ from services.audit.signing import (
     canonical_time,
     checkpoint_message,
     signature_valid,
+    trusted_keys,
 )
 
 __all__ = [
@@ -402,16 +403,17 @@ class AuditStore:
             return [Checkpoint.model_validate(dict(row._mapping)) for row in connection.execute(query)]
 
     def verify(
-        self, public_key: Ed25519PublicKey | None = None, batch_size: int = 20_000, workers: int = 1,
+        self, public_keys: Iterable[Ed25519PublicKey] = (), batch_size: int = 20_000, workers: int = 1,
         anchors: Sequence[Anchor] = (),
     ) -> VerifyReport:
-        """Recompute the whole chain in seq order and check every checkpoint against it and ``public_key``.
+        """Recompute the whole chain in seq order and check every checkpoint against it and the key it names
+        among ``public_keys`` (the signing key's own and any earlier one after a rotation).
 
         ``anchors`` are checkpoints the verifier kept outside this database: the chain must reach each one's seq
         (else ``truncated``) and have its head hash there (else ``checkpoint_mismatch``). They catch what the
         stored checkpoints cannot once those were removed together with the tail they cover.
 
-        ``public_key`` defaults to the signer's. Rows arrive ``batch_size`` at a time as plain tuples from the
+        ``public_keys`` default to the signer's. Rows arrive ``batch_size`` at a time as plain tuples from the
         driver's cursor (a server-side cursor on PostgreSQL), so memory stays flat however long the chain is.
         With ``workers`` > 1 and a long chain in a database file or server, that many forked processes each walk
         one contiguous part of it and the parts are joined link by link: the same checks, on more cores. Fork
@@ -424,7 +426,8 @@ class AuditStore:
         for anchor in anchors:
             if anchor.seq < 1 or not _HEAD_HASH.fullmatch(anchor.head_hash):
                 raise ValueError("an anchor is a seq >= 1 and a head hash of 64 lower-case hex digits")
-        key = public_key or (self.signer.public_key if self.signer is not None else None)
+        keys = trusted_keys(public_keys) or (
+            trusted_keys([self.signer.public_key]) if self.signer is not None else {})
         with self.engine.connect() as connection:
             # Checkpoints first: each one read covers entries already committed, so the chain read next has them.
             checkpoints = [
@@ -434,7 +437,7 @@ class AuditStore:
             ]
             last = int(connection.scalar(select(func.max(ENTRIES.c.seq))) or 0) if workers > 1 else 0
             connection.rollback()
-        if checkpoints and key is None:
+        if checkpoints and not keys:
             raise SigningKeyError("no public key to check the checkpoint signatures with")
         # The walk keeps the stored hash at each of these seqs, for _report() to compare.
         seqs = sorted({c[0] for c in checkpoints} | {a.seq for a in anchors})
@@ -450,7 +453,7 @@ class AuditStore:
             walk = _join(parts)
         else:
             walk = _walk_rows(self.engine, seqs, batch_size)
-        return _report(walk, checkpoints, key, anchors)
+        return _report(walk, checkpoints, keys, anchors)
 
 
 # Below this many entries per worker, starting processes costs more than it saves.
@@ -644,7 +647,7 @@ def _walk(
 
 
 def _report(
-    walk: _Walk, checkpoints: Sequence[tuple[int, str, str, str, str]], key: Ed25519PublicKey | None,
+    walk: _Walk, checkpoints: Sequence[tuple[int, str, str, str, str]], keys: Mapping[str, Ed25519PublicKey],
     anchors: Sequence[Anchor] = (),
 ) -> VerifyReport:
     """The verdict: the problem with the lowest sequence number among the chain's, the checkpoints' and the
@@ -655,7 +658,12 @@ def _report(
         found.append((walk.bad_seq, 0, walk.kind, walk.problem, None))
     previous = 0
     for seq, head_hash, time, key_id, signature in checkpoints:
-        if key is None or not signature_valid(key, checkpoint_message(seq, head_hash, time), signature):
+        key = keys.get(key_id)
+        if key is None:
+            found.append((seq, 2, "checkpoint_key_unknown",
+                          f"checkpoint {seq} (signed at {time}) names key {key_id}, which is not among the trusted "
+                          f"public keys ({', '.join(sorted(keys))})", seq))
+        elif not signature_valid(key, checkpoint_message(seq, head_hash, time), signature):
             found.append((seq, 2, "checkpoint_signature_invalid",
                           f"checkpoint {seq} (signed at {time}, key {key_id}): checkpoint signature invalid", seq))
         elif seq in walk.hashes_at:

@@ -126,12 +126,41 @@ def test_forged_signature_is_reported(store: AuditStore, engine: Engine) -> None
     assert report.length == 6
 
 
-def test_signatures_are_checked_against_the_given_public_key(store: AuditStore) -> None:
+def test_each_signature_is_checked_against_the_key_its_checkpoint_names(store: AuditStore) -> None:
     fill(store, 3)
-    assert store.verify(store.signer.public_key if store.signer else None).intact
+    assert store.signer is not None
+    assert store.verify([store.signer.public_key]).intact
     other = CheckpointSigner(Ed25519PrivateKey.generate()).public_key
-    report = store.verify(other)
-    assert (report.intact, report.kind, report.checkpoint_seq) == (False, "checkpoint_signature_invalid", 3)
+    report = store.verify([other])
+    assert (report.intact, report.kind, report.checkpoint_seq) == (False, "checkpoint_key_unknown", 3)
+    assert report.problem is not None
+    assert store.signer.key_id in report.problem
+
+
+def test_after_a_rotation_of_the_signing_key_the_earlier_checkpoints_hold_while_their_key_is_trusted(
+    engine: Engine, signer: CheckpointSigner, clock: Clock
+) -> None:
+    fill(AuditStore(engine, signer, checkpoint_every=3, clock=clock), 3)
+    rotated = CheckpointSigner(Ed25519PrivateKey.generate())
+    store = AuditStore(engine, rotated, checkpoint_every=3, clock=clock)  # the service restarted with a new key
+    fill(store, 3)
+    assert [(c.seq, c.key_id) for c in store.checkpoints()] == [(3, signer.key_id), (6, rotated.key_id)]
+
+    both = store.verify([rotated.public_key, signer.public_key])
+    assert (both.intact, both.checkpoints, both.length) == (True, 2, 6)
+    forgotten = store.verify([rotated.public_key])  # the earlier key left out
+    assert (forgotten.intact, forgotten.kind, forgotten.checkpoint_seq) == (False, "checkpoint_key_unknown", 3)
+
+    # Naming a trusted key proves nothing by itself: the signature must be that key's.
+    intruder = CheckpointSigner(Ed25519PrivateKey.generate())
+    drop_checkpoint_guards(engine)
+    with engine.begin() as connection:
+        created_at = connection.scalar(select(CHECKPOINTS.c.created_at).where(CHECKPOINTS.c.seq == 6))
+        head_hash = connection.scalar(select(CHECKPOINTS.c.head_hash).where(CHECKPOINTS.c.seq == 6))
+        connection.execute(update(CHECKPOINTS).where(CHECKPOINTS.c.seq == 6).values(
+            signature=intruder.sign(6, head_hash, created_at)))
+    forged = store.verify([rotated.public_key, signer.public_key])
+    assert (forged.intact, forged.kind, forged.checkpoint_seq) == (False, "checkpoint_signature_invalid", 6)
 
 
 def test_truncated_tail_is_reported_with_the_first_missing_entry(store: AuditStore, engine: Engine) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -66,7 +67,7 @@ def test_verify_command(tmp_path: Path) -> None:
         public.write_bytes(CheckpointSigner(Ed25519PrivateKey.generate()).public_pem)
         wrong = verify_cli(url, "--public-key", str(public))
         assert wrong.returncode == 1
-        assert json.loads(wrong.stdout)["kind"] == "checkpoint_signature_invalid"
+        assert json.loads(wrong.stdout)["kind"] == "checkpoint_key_unknown"
 
         drop_guards(engine)
         with engine.begin() as connection:
@@ -87,6 +88,45 @@ def test_verify_command(tmp_path: Path) -> None:
     missing_key = verify_cli(url, "--public-key", str(tmp_path / "nowhere.pem"))
     assert missing_key.returncode == 2
     assert "cannot check the checkpoint signatures" in missing_key.stderr
+
+
+def test_verify_after_a_rotation_of_the_signing_key(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    current_key = Ed25519PrivateKey.generate()
+    earlier, current = CheckpointSigner(Ed25519PrivateKey.generate()), CheckpointSigner(current_key)
+    engine = db.make_engine(url)
+    try:
+        db.migrate(engine, MIGRATIONS, "audit")
+        fill(AuditStore(engine, earlier, checkpoint_every=2), 2)
+        fill(AuditStore(engine, current, checkpoint_every=2), 2)
+    finally:
+        engine.dispose()
+    earlier_pem, current_pem = tmp_path / "earlier.pem", tmp_path / "current.pem"
+    earlier_pem.write_bytes(earlier.public_pem)
+    current_pem.write_bytes(current.public_pem)
+
+    # The auditor's copies: one file per key, or both in one file (as GET /v1/checkpoints/public-keys lists them).
+    assert verify_cli(url, "--public-key", str(earlier_pem), "--public-key", str(current_pem)).returncode == 0
+    both = tmp_path / "both.pem"
+    both.write_bytes(current.public_pem + earlier.public_pem)
+    report = verify_cli(url, "--public-key", str(both))
+    assert (report.returncode, json.loads(report.stdout)["checkpoints"]) == (0, 2)
+    only_current = verify_cli(url, "--public-key", str(current_pem))
+    assert only_current.returncode == 1
+    assert (json.loads(only_current.stdout)["kind"], json.loads(only_current.stdout)["checkpoint_seq"]) == (
+        "checkpoint_key_unknown", 2)
+
+    # On the service's own settings: the signing key's public half and AUDIT_TRUSTED_PUBLIC_KEYS.
+    configured = Settings(database_url=url, signing_key=base64.b64encode(current_key.private_bytes_raw()).decode(),
+                          trusted_public_keys=earlier.public_pem.decode())
+    assert verify_command(["--workers", "1"], configured) == 0
+    untrusted = configured.model_copy(update={"trusted_public_keys": None})
+    assert verify_command(["--workers", "1"], untrusted) == 1
+    garbled = configured.model_copy(update={"trusted_public_keys": "-----BEGIN PUBLIC KEY-----\nnope\n"
+                                                                   "-----END PUBLIC KEY-----"})
+    assert verify_command(["--workers", "1"], garbled) == 2
+    missing = verify_cli(url, "--public-key", str(tmp_path / "audit.db"))  # no PEM block in it
+    assert (missing.returncode, "no PEM public key" in missing.stderr) == (2, True)
 
 
 @pytest.mark.parametrize("malformed", ["5", f"0:{'b' * 64}", f"{2**63}:{'b' * 64}", f"5:{'B' * 64}",

@@ -115,7 +115,7 @@ def test_the_verification_started_last_decides(engine: Engine, tmp_path: Path) -
     times = iter([10.0, 11.0, 5.0, 12.0, 20.0, 21.0])
     store = AuditStore(engine)
     fill(store, 2)
-    monitor = ChainMonitor(store, None, registry, clock=lambda: next(times))
+    monitor = ChainMonitor(store, [], registry, clock=lambda: next(times))
     assert monitor.verify().intact  # started at 10, finished at 11
     assert samples(generate_latest(registry).decode()) == {INTACT: 1, VERIFIED: 11.0}
     # Started at 5 (before the verdict above), finished at 12 with an anchor it does not match: not exported.

@@ -15,10 +15,18 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from services.audit.app import build
 from services.audit.settings import Settings
-from services.audit.signing import checkpoint_message, load_public_key, signature_valid
+from services.audit.signing import (
+    SigningKeyError,
+    checkpoint_message,
+    key_id,
+    load_public_key,
+    public_pem,
+    signature_valid,
+)
 from services.audit.store import canonical_fields, entry_hash
 from shared import events, topics
 from shared.envelope import OutgoingEvent, build_event
@@ -171,6 +179,9 @@ async def test_trail_and_verify_over_the_broker(settings: Settings, kafka_settin
         assert pem.status_code == 200
         assert pem.headers["content-type"] == "application/x-pem-file"
         public_key = load_public_key(pem.content)
+        listed_keys = (await client.get("/v1/checkpoints/public-keys")).json()["keys"]
+        assert [(k["key_id"], k["signing"], k["pem"].encode()) for k in listed_keys] == [
+            (pem.headers["x-key-id"], True, pem.content)]
         listed = await client.get("/v1/checkpoints", headers=bearer(auditor))
         assert listed.status_code == 200
         body = listed.json()
@@ -298,3 +309,24 @@ async def test_trail_of_a_case_through_the_whole_loop_is_complete_and_in_order(
         trail_text = (await client.get(f"/v1/cases/{case_id}/trail", headers=bearer(auditor))).text
         assert "Mustermann" not in trail_text
         assert (await client.get("/v1/verify", headers=bearer(auditor))).json()["intact"] is True
+
+
+async def test_after_a_rotation_the_service_lists_the_trusted_keys_and_refuses_unreadable_ones(
+    sqlite_settings: Settings,
+) -> None:
+    earlier, later = (Ed25519PrivateKey.generate().public_key() for _ in range(2))
+    trusted = (public_pem(earlier) + public_pem(later)).decode()
+    _, app = build(sqlite_settings.model_copy(update={"trusted_public_keys": trusted}))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://audit") as client:
+        signing = await client.get("/v1/checkpoints/public-key")
+        listed = await client.get("/v1/checkpoints/public-keys")
+    assert listed.status_code == 200
+    keys = {k["key_id"]: (k["signing"], k["pem"]) for k in listed.json()["keys"]}
+    assert keys == {signing.headers["x-key-id"]: (True, signing.text),
+                    key_id(earlier): (False, public_pem(earlier).decode()),
+                    key_id(later): (False, public_pem(later).decode())}
+
+    # A service that could not check its own earlier checkpoints must not start.
+    for garbled in ("not a key", "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"):
+        with pytest.raises(SigningKeyError, match="AUDIT_TRUSTED_PUBLIC_KEYS"):
+            build(sqlite_settings.model_copy(update={"trusted_public_keys": garbled}))
