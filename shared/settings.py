@@ -32,7 +32,7 @@ class KafkaSettings(BaseSettings):
     # (retention.ms). SPEC §7 bounds personal data, and the topics hold it: submitted applications, each back office's
     # dispatched cases, their dead letters. Without it the cluster's default holds, which may be "for ever". A back
     # office that reads its topic must read within it, and a replay reaches back no further. 0: the broker's default.
-    retention_days: float = Field(default=30, ge=0)
+    retention_days: float = Field(default=30, ge=0, le=36_500)
     graceful_timeout_s: float = Field(default=10.0, gt=0)
     request_timeout_ms: int = Field(default=10_000, ge=1000)
     # How often consumers refresh metadata; short so pattern subscriptions see new topics quickly.

@@ -46,6 +46,7 @@ from shared.events import (
     ClientRecord,
     Region,
     ResolvedRegion,
+    utc_representable,
 )
 from shared.problems import ProblemException, validation_errors
 from shared.runtime import Service
@@ -262,7 +263,7 @@ def create_destination_router(service: Service, state: RoutingState, publisher: 
 
     @router.post("/cases/{case_id}/status", status_code=202,
                  summary="Report a status change of a case dispatched to the calling destination",
-                 responses={401: PROBLEM, 403: PROBLEM, 404: PROBLEM, 409: PROBLEM, 422: PROBLEM})
+                 responses={401: PROBLEM, 403: PROBLEM, 404: PROBLEM, 409: PROBLEM, 413: PROBLEM, 422: PROBLEM})
     async def report_status(
         case_id: UUID, body: StatusReport,
         client: Annotated[ClientRecord, Depends(require(service.clients, "cases:status"))],
@@ -286,6 +287,12 @@ def create_destination_router(service: Service, state: RoutingState, publisher: 
             message=body.message, problems=body.problems, changed_at=changed_at,
         )
         event = status_event(change)
+        # Every consumer dead-letters an event longer than max_event_bytes unread: the services would fall out of
+        # step. Half of it, as intake allows an application, leaves room for the headers and the record batch.
+        limit = publisher.settings.kafka.max_event_bytes // 2
+        if len(event.value) > limit:
+            raise ProblemException(413, f"A status report may have at most {limit} bytes of data.",
+                                   kind="status-report-too-large", title="Status report too large")
         # Compare-and-set, with the event stored in the same transaction (outbox): of two concurrent reports only
         # one moves the case, and a change is never left unannounced, whatever happens to the broker or to us.
         if not await anyio.to_thread.run_sync(store.transition, case_id, previous, new, changed_at,
@@ -318,6 +325,12 @@ def create_destination_router(service: Service, state: RoutingState, publisher: 
             raise ProblemException(404, "No destination with this id.", kind="unknown-destination")
         if since is not None and since.utcoffset() is None:
             since = since.replace(tzinfo=UTC)
+        if since is not None and not utc_representable(since):
+            raise ProblemException(
+                422, "since must be a time with a UTC equivalent.", kind="validation", title="Validation failed",
+                errors=[{"parameter": "since", "in": "query", "detail": "outside the UTC range",
+                         "code": "datetime_out_of_range"}],
+            )
         after = paging.decode(cursor) if cursor is not None else None
         cases = await anyio.to_thread.run_sync(
             lambda: store.destination_cases(destination_id, status=status, since=since, limit=limit + 1,

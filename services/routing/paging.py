@@ -10,6 +10,7 @@ import binascii
 from datetime import UTC, datetime
 from uuid import UUID
 
+from shared.events import utc_representable
 from shared.problems import ProblemException
 
 
@@ -27,8 +28,8 @@ def decode(cursor: str) -> tuple[datetime, UUID]:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         when, case_id = raw.split("|")
         updated_at = datetime.fromisoformat(when)
-        if updated_at.utcoffset() is None:
-            raise ValueError("a cursor's time has an offset")
+        if updated_at.utcoffset() is None or not utc_representable(updated_at):
+            raise ValueError("a cursor's time has an offset and a UTC equivalent")
         return updated_at, UUID(case_id)
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise ProblemException(

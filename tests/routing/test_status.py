@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -144,6 +145,29 @@ async def test_forbidden_transitions_and_incomplete_reports(settings: Settings, 
             assert answer.json()["errors"]
         assert status_of(service, case_id) == S.IN_PROGRESS
 
+        # Every consumer would dead-letter an event over max_event_bytes, and the services would fall out of step.
+        received = add_case(service, destination, S.ROUTED)
+        longest = {"type": "urn:example:" + "t" * 488, "title": "T" * 200, "detail": "D" * 2000,
+                   "instance": "urn:example:" + "i" * 488}
+        for field, value in (("title", "T" * 201), ("detail", "D" * 2001), ("type", "u" * 501)):
+            answer = await client.post(f"/v1/cases/{received}/status", headers=bearer(key), json={
+                "status": "rejected", "problems": [{**longest, field: value}]})
+            assert answer.status_code == 422, (field, answer.text)
+        too_many = {"status": "rejected", "problems": [longest] * 101}
+        assert (await client.post(f"/v1/cases/{received}/status", json=too_many,
+                                  headers=bearer(key))).status_code == 422
+        # 100 problems within every bound, but past half of max_event_bytes (4-byte characters): 413.
+        wide = {**longest, "detail": "\U0001F4C4" * 2000}
+        large = await client.post(f"/v1/cases/{received}/status", headers=bearer(key),
+                                  json={"status": "rejected", "problems": [wide] * 100})
+        assert large.status_code == 413, large.text
+        assert large.json()["type"] == "urn:ozg:problem:status-report-too-large"
+        assert status_of(service, received) == S.ROUTED
+        fitting = await client.post(f"/v1/cases/{received}/status", headers=bearer(key),
+                                    json={"status": "rejected", "problems": [longest] * 100})
+        assert fitting.status_code == 202, fitting.text
+        assert status_of(service, received) == S.REJECTED
+
 
 async def test_of_two_concurrent_reports_one_wins(database_url: str, kafka_settings: KafkaSettings) -> None:
     service, app = build(settings_for(database_url, kafka_settings))
@@ -241,7 +265,13 @@ async def test_pull_api_pages_by_cursor_and_filters(settings: Settings, kafka_se
         assert routed == [[str(c) for c in (created[0], created[1], created[3])], [str(created[4])]]
         assert (await client.get(url, params={"limit": 0}, headers=bearer(key))).status_code == 422
         assert (await client.get(url, params={"status": "nonsense"}, headers=bearer(key))).status_code == 422
-        for bad in ("nonsense", "bm9uc2Vuc2U", "MjAyNi0wMS0wMXx4"):
+        # Valid ISO 8601, but before the first UTC time Python has (or after the last): never a 500.
+        for edge in ("0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"):
+            refused = await client.get(url, params={"since": edge}, headers=bearer(key))
+            assert refused.status_code == 422, refused.text
+            assert refused.json()["errors"][0]["parameter"] == "since"
+        edge_cursor = base64.urlsafe_b64encode(f"0001-01-01T00:00:00+01:00|{created[0]}".encode()).decode()
+        for bad in ("nonsense", "bm9uc2Vuc2U", "MjAyNi0wMS0wMXx4", edge_cursor):
             refused = await client.get(url, params={"cursor": bad}, headers=bearer(key))
             assert refused.status_code == 422, refused.text
             assert refused.json()["errors"][0]["parameter"] == "cursor"
