@@ -36,7 +36,7 @@ from services.routing.models import (
 from services.routing.publishing import OutboxPublisher
 from services.routing.registry import RoutingState
 from services.routing.webhooks import WebhookStore
-from shared import topics
+from shared import catalogue, topics
 from shared.auth import require
 from shared.db import MAX_BIGINT
 from shared.events import (
@@ -127,6 +127,16 @@ def create_operator_router(service: Service, state: RoutingState, publisher: Out
                            401: PROBLEM, 403: PROBLEM, 422: PROBLEM, 503: PROBLEM})
     async def put_destination(destination_id: UUID, body: DestinationIn, response: Response) -> DestinationOut:
         """Creates the destination's Kafka topic (and its dead-letter twin) before registering it."""
+        # A typo would register a back office that never receives a case, and its cases would wait in clearing.
+        errors = [] if state.directory.has_authority(body.authority_ars) else [
+            {"pointer": "#/authority_ars", "detail": f"not in the directory (Gebietsstand "
+                                                     f"{state.directory.gebietsstand})", "code": "unknown_authority"}]
+        known = catalogue.load()
+        errors += [{"pointer": f"#/leika_keys/{i}", "detail": "not in the service catalogue",
+                    "code": "unknown_leika_key"} for i, key in enumerate(body.leika_keys) if key not in known]
+        if errors:
+            raise ProblemException(422, "The destination names an authority or services routing does not know.",
+                                   kind="validation", title="Validation failed", errors=errors)
         existing = await anyio.to_thread.run_sync(store.destination, destination_id)
         secret = None
         if body.webhook is not None:

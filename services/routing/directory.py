@@ -106,6 +106,11 @@ class Directory:
         if gemeinde is not None:
             self.by_postal_code[postal_code].append((_normalise(place), gemeinde))
 
+    def has_authority(self, ars: str) -> bool:
+        """Whether ``ars`` names a Land (2 digits), Kreis (5), Gemeindeverband (9) or Gemeinde (12) of this
+        directory."""
+        return ars in {2: self.laender, 5: self.kreise, 9: self.verbaende, 12: self.by_ars}.get(len(ars), {})
+
     def resolve(self, region: Region) -> Gemeinde:
         """The Gemeinde a region names; raises UnknownRegion or AmbiguousPostalCode."""
         if region.ars is not None:

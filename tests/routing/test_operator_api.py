@@ -61,6 +61,23 @@ async def test_destination_registry(tmp_path: Path, kafka_settings: KafkaSetting
         for control in ({**body, "name": "Landratsamt\x00"}, nul_secret):
             assert (await client.put(url, json=control, headers=bearer(operator))).status_code == 422
 
+        # A typo would register a back office that never receives a case: an authority of every level must be in
+        # the directory, and a service in the catalogue.
+        typo = {**body, "authority_ars": "092731111111", "leika_keys": [WOHNGELD, "99999999999999"]}
+        refused_typo = await client.put(url, json=typo, headers=bearer(operator))
+        assert refused_typo.status_code == 422
+        assert [(e["pointer"], e["code"]) for e in refused_typo.json()["errors"]] == [
+            ("#/authority_ars", "unknown_authority"), ("#/leika_keys/1", "unknown_leika_key")]
+        for unknown_ars in ("17", "09999", "092739999"):
+            answer = await client.put(url, json={**body, "authority_ars": unknown_ars}, headers=bearer(operator))
+            assert answer.status_code == 422, unknown_ars
+        assert (await client.get(url, headers=bearer(operator))).status_code == 404
+        for known_ars in ("09", "092735215", "092730137137"):  # Land, Verwaltungsgemeinschaft, Gemeinde
+            other = f"/v1/destinations/{uuid.uuid4()}"
+            answer = await client.put(other, json={**body, "authority_ars": known_ars}, headers=bearer(operator))
+            assert answer.status_code == 201, (known_ars, answer.text)
+            assert (await client.delete(other, headers=bearer(operator))).status_code == 204
+
         created = await client.put(url, json=body, headers=bearer(operator))
         assert created.status_code == 201, created.text
         answer = created.json()
