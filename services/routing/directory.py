@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,7 +110,9 @@ class Directory:
     def has_authority(self, ars: str) -> bool:
         """Whether ``ars`` names a Land (2 digits), Kreis (5), Gemeindeverband (9) or Gemeinde (12) of this
         directory."""
-        return ars in {2: self.laender, 5: self.kreise, 9: self.verbaende, 12: self.by_ars}.get(len(ars), {})
+        indexes: dict[int, Mapping[str, object]] = {2: self.laender, 5: self.kreise, 9: self.verbaende,
+                                                    12: self.by_ars}
+        return ars in indexes.get(len(ars), {})
 
     def resolve(self, region: Region) -> Gemeinde:
         """The Gemeinde a region names; raises UnknownRegion or AmbiguousPostalCode."""

@@ -7,10 +7,11 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, HttpUrl, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, HttpUrl, ValidationInfo, field_validator
 from pydantic import Field as PydField
 from sqlmodel import JSON, Column, Field, SQLModel, String
 
+from services.routing.lifecycle import NEEDS_MESSAGE, NEEDS_OUTCOME, NEEDS_PROBLEMS
 from shared.events import (
     Authority,
     CaseStatus,
@@ -365,26 +366,29 @@ class StatusReport(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     status: ReportedStatus
-    message: Lines | None = PydField(default=None, min_length=1, max_length=5000,
+    # validate_default: a missing field is checked against the status too, and the error points at it.
+    message: Lines | None = PydField(default=None, min_length=1, max_length=5000, validate_default=True,
                                    description="To the applicant; required for information_requested and decided")
-    outcome: Outcome | None = PydField(default=None, description="Required for decided, refused otherwise")
-    problems: list[Problem] = PydField(default_factory=list, max_length=100,
+    outcome: Outcome | None = PydField(default=None, validate_default=True,
+                                       description="Required for decided, refused otherwise")
+    problems: list[Problem] = PydField(default_factory=list, max_length=100, validate_default=True,
                                        description="Why the case is rejected; required for rejected")
 
-    @model_validator(mode="after")
-    def _complete(self) -> StatusReport:
-        status = CaseStatus(self.status)
-        if status in (CaseStatus.INFORMATION_REQUESTED, CaseStatus.DECIDED) and self.message is None:
-            raise ValueError(f"status {status.value} needs a message to the applicant")
-        if status == CaseStatus.DECIDED and self.outcome is None:
-            raise ValueError("status decided needs an outcome")
-        if status != CaseStatus.DECIDED and self.outcome is not None:
-            raise ValueError("an outcome goes only with status decided")
-        if status == CaseStatus.REJECTED and not self.problems:
-            raise ValueError("status rejected needs at least one problem")
-        if status != CaseStatus.REJECTED and self.problems:
-            raise ValueError("problems go only with status rejected")
-        return self
+    @field_validator("message", "outcome", "problems")
+    @classmethod
+    def _goes_with_status(cls, value: Any, info: ValidationInfo) -> Any:
+        if "status" not in info.data:  # the status itself is invalid, and its error says so
+            return value
+        status = CaseStatus(info.data["status"])
+        field = str(info.field_name)
+        needed_by = {"message": NEEDS_MESSAGE, "outcome": NEEDS_OUTCOME, "problems": NEEDS_PROBLEMS}[field]
+        if status in needed_by and not value:
+            raise ValueError(f"status {status.value} needs {field}")
+        # A message may go with any status; an outcome or problems only with the status they belong to.
+        if status not in needed_by and value and field != "message":
+            what = "an outcome goes" if field == "outcome" else "problems go"
+            raise ValueError(f"{what} only with status {' or '.join(sorted(s.value for s in needed_by))}")
+        return value
 
 
 class StatusAccepted(BaseModel):

@@ -143,6 +143,14 @@ async def test_forbidden_transitions_and_incomplete_reports(settings: Settings, 
             answer = await client.post(url, json=body, headers=bearer(key))
             assert answer.status_code == 422, (body, answer.text)
             assert answer.json()["errors"]
+        # Each error points at the field that is missing or does not go with the status.
+        for body, pointer in (({"status": "decided", "message": "Bescheid"}, "#/outcome"),
+                              ({"status": "decided", "outcome": "denied"}, "#/message"),
+                              ({"status": "rejected"}, "#/problems"),
+                              ({"status": "in_progress", "outcome": "approved"}, "#/outcome"),
+                              ({"status": "received", "problems": [{"title": "x"}]}, "#/problems")):
+            answer = await client.post(url, json=body, headers=bearer(key))
+            assert [e["pointer"] for e in answer.json()["errors"]] == [pointer], (body, answer.text)
         assert status_of(service, case_id) == S.IN_PROGRESS
 
         # Every consumer would dead-letter an event over max_event_bytes, and the services would fall out of step.
