@@ -1,6 +1,6 @@
 """Routing's HTTP API (SPEC §5 routing)."""
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 from urllib.parse import urlencode
 from uuid import UUID
@@ -35,7 +35,7 @@ from services.routing.models import (
 )
 from services.routing.publishing import OutboxPublisher
 from services.routing.registry import RoutingState
-from services.routing.webhooks import WebhookStore
+from services.routing.webhooks import NotRedeliverable, WebhookStore, listed, redeliveries_counter
 from shared import catalogue, topics
 from shared.auth import require
 from shared.db import MAX_BIGINT
@@ -195,20 +195,34 @@ def create_operator_router(service: Service, state: RoutingState, publisher: Out
             for c in cases
         ])
 
+    keep = timedelta(days=publisher.settings.webhook_failed_keep_days)
+    redeliveries = redeliveries_counter(service.registry)
+
     @router.get("/clearing/webhooks", tags=["clearing"], dependencies=[can_clear],
                 summary="Webhook deliveries given up on (no personal data)",
                 responses={401: PROBLEM, 403: PROBLEM})
     async def list_failed_webhooks(
         limit: Annotated[int, Query(ge=1, le=1000)] = 100, offset: Annotated[int, Query(ge=0, le=MAX_BIGINT)] = 0,
     ) -> list[FailedWebhookDelivery]:
-        """The case's events stay on the destination's topic and in the pull API; these need a look."""
+        """The case's events stay on the destination's topic; each of these can be redelivered while its event is
+        kept (``redeliverable``, ``redeliverable_until``)."""
         failed = await anyio.to_thread.run_sync(WebhookStore(service.engine).failed, limit, offset)
-        return [
-            FailedWebhookDelivery(delivery_id=d.delivery_id, case_id=d.case_id, destination_id=d.destination_id,
-                                  event_id=d.event_id, attempts=d.attempts, last_error=d.last_error,
-                                  failed_at=d.settled_at)
-            for d in failed
-        ]
+        now = datetime.now(UTC)
+        return [listed(d, has_body, keep, now) for d, has_body in failed]
+
+    @router.post("/clearing/webhooks/{delivery_id}/redeliver", tags=["clearing"], dependencies=[can_clear],
+                 status_code=202, summary="Deliver a failed webhook delivery again, to the current webhook",
+                 responses={401: PROBLEM, 403: PROBLEM, 404: PROBLEM, 409: PROBLEM})
+    async def redeliver_webhook(delivery_id: UUID) -> FailedWebhookDelivery:
+        """Once the receiver is fixed: the delivery is pending again, attempted at once and retried as a new one
+        would be, with the same ``ce-id``. 409 when it is not failed or its event was deleted."""
+        try:
+            delivery = await anyio.to_thread.run_sync(WebhookStore(service.engine).redeliver, delivery_id,
+                                                      datetime.now(UTC), keep)
+        except NotRedeliverable as exc:
+            raise ProblemException(404 if exc.kind == "unknown-delivery" else 409, exc.detail, kind=exc.kind) from None
+        redeliveries.inc()
+        return listed(delivery, bool(delivery.body), keep, datetime.now(UTC))
 
     @router.post("/clearing/{case_id}", tags=["clearing"], dependencies=[can_clear],
                  summary="Route an unroutable case by hand to a destination",

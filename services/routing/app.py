@@ -59,6 +59,8 @@ def build(settings: Settings | None = None) -> tuple[Service, FastAPI]:
     service.background.append(destination_topics)
     service.background.append(deliver_webhooks)
     service.background.append(periodic("outbox sweep", settings.outbox_interval_s, publisher.sweep))
+    retention = webhooks.WebhookRetention(service.engine, service.broker, settings)
+    service.background.append(periodic("webhook retention", settings.webhook_retention_interval_s, retention.purge))
     clearing = Gauge("ozg_clearing_cases", "Cases waiting in clearing now (every replica reports the same count)",
                      registry=service.registry)
 

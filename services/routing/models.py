@@ -314,15 +314,21 @@ class ClearingEntry(BaseModel):
 
 
 class FailedWebhookDelivery(BaseModel):
-    """A webhook delivery routing gave up on: flagged for an operator (no personal data)."""
+    """A webhook delivery routing gave up on, flagged for an operator, or one put back on the schedule by
+    ``POST /v1/clearing/webhooks/{delivery_id}/redeliver`` (no personal data)."""
 
     delivery_id: UUID
     case_id: UUID
     destination_id: UUID
     event_id: str
+    status: Literal["pending", "delivered", "failed"]
     attempts: int
     last_error: str | None
     failed_at: datetime | None
+    redeliverable: bool = PydField(description="whether it can be redelivered now: failed, and its event still kept")
+    redeliverable_until: datetime | None = PydField(
+        description="when its event is deleted (ROUTING_WEBHOOK_FAILED_KEEP_DAYS after it first failed) and it can "
+                    "no longer be redelivered; null once deleted")
 
 
 class ClearingList(BaseModel):
@@ -442,7 +448,8 @@ class EarlyWithdrawal(SQLModel, table=True):
 class WebhookDelivery(SQLModel, table=True):
     """One event to push to a destination's webhook, with its persisted retry schedule.
 
-    ``body`` holds the dispatched event (personal data) only until the delivery is settled; it is cleared then.
+    ``body`` holds the dispatched event (personal data) until the delivery is delivered; a failed one keeps it for a
+    redelivery until ``webhook_failed_keep_days`` after ``first_failed_at``, then the retention job clears it.
     """
 
     __tablename__ = "webhook_deliveries"
@@ -459,6 +466,15 @@ class WebhookDelivery(SQLModel, table=True):
     last_error: str | None = Field(default=None, max_length=500)
     created_at: datetime = Field(default_factory=_now)
     settled_at: datetime | None = None
+    # When it failed the first time: the keep period runs from here, however often it is redelivered.
+    first_failed_at: datetime | None = None
+    # When an operator last put it back on the schedule: its 24-h window runs from here instead of created_at.
+    redelivered_at: datetime | None = None
+
+    @property
+    def window_start(self) -> datetime:
+        """Where the delivery's retry window (``webhook_max_age_s``) begins."""
+        return self.redelivered_at or self.created_at
 
 
 class WebhookAttempt(SQLModel, table=True):

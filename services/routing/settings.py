@@ -41,6 +41,10 @@ class Settings(ServiceSettings):
     webhook_backoff_max_s: float = Field(default=3600.0, gt=0)
     webhook_max_age_s: float = Field(default=24 * 3600.0, gt=0)
     webhook_batch: int = Field(default=50, ge=1)
+    # A failed delivery keeps its event (personal data) this long after it first failed, so an operator can redeliver
+    # it once the receiver is fixed; then the retention job, every interval, deletes it (SPEC §7: 30 days).
+    webhook_failed_keep_days: float = Field(default=30.0, ge=0)
+    webhook_retention_interval_s: float = Field(default=3600.0, gt=0)
     # Tests and local demos only: allow plain http to a loopback address.
     webhook_allow_http_loopback: bool = False
     # Status changes: how long a report waits for the broker's acknowledgement before it answers 202 with

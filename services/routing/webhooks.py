@@ -9,9 +9,14 @@ A delivery row is written in the same transaction as the routing decision (or th
 survives restarts and crashes. A background job claims due deliveries by compare-and-set on their due time (a
 lease: a replica that dies mid-attempt leaves a delivery that becomes due again), attempts them, and records every
 attempt. Timeouts, connection errors and 5xx are retried with exponential back-off and jitter until
-``webhook_max_age_s`` (24 h) after the dispatch; any other answer outside 2xx fails at once. A failed delivery is
-flagged (``status = failed``, counted, logged) for an operator; the event stays on the destination's Kafka topic
-either way.
+``webhook_max_age_s`` (24 h) after the dispatch (or a redelivery); any other answer outside 2xx fails at once. A
+failed delivery is flagged (``status = failed``, counted, logged) for an operator; the event stays on the
+destination's Kafka topic either way.
+
+A delivered delivery drops its body (the event, personal data) at once. A failed one keeps it for
+``webhook_failed_keep_days`` after it first failed: an operator may put it back on the schedule once the receiver is
+fixed (``redeliver``: due now, a fresh window, the destination's current URL and secret, the same ``ce-id``). Then
+``WebhookRetention`` clears it and publishes the deletion, and it can no longer be redelivered.
 """
 
 from __future__ import annotations
@@ -25,24 +30,32 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from urllib.parse import urlsplit
 
 import anyio.to_thread
 import httpx
 from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy import Engine, exists, update
-from sqlalchemy.orm import aliased
+from sqlalchemy.orm import aliased, defer
 from sqlmodel import Session, col, select
 
-from services.routing.models import Destination, WebhookAttempt, WebhookDelivery
+from services.routing.models import Destination, FailedWebhookDelivery, WebhookAttempt, WebhookDelivery
 from services.routing.settings import Settings
 from shared import backoff
 from shared.envelope import OutgoingEvent
+from shared.kafka import EventBroker
+from shared.retention import DeletionPublisher, drain, record_deletion
 
 log = logging.getLogger(__name__)
 
 _NS = uuid.UUID("0b6f5d0e-6f61-4c1e-8d5e-5f0e1d7b2a90")
 PENDING, DELIVERED, FAILED, RETRY = "pending", "delivered", "failed", "retry"
+SERVICE = "routing"
+# What a deletion event names when the retention job clears kept bodies.
+KEPT_CATEGORY = "webhook_deliveries"
+# Cases looked up at a time by the retention round (shared.retention.drain goes on until none is left).
+RETENTION_BATCH = 100
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -78,6 +91,32 @@ class Attempt:
     outcome: str  # delivered | retry | failed
     status_code: int | None = None
     error: str | None = None
+
+
+class NotRedeliverable(Exception):
+    """Why a delivery cannot be put back on the schedule: ``kind`` ``unknown-delivery``, ``not-failed``,
+    ``body-deleted`` or ``no-webhook``."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(detail)
+        self.kind = kind
+        self.detail = detail
+
+
+def kept_until(delivery: WebhookDelivery, keep: timedelta) -> datetime | None:
+    """Until when a failed delivery keeps its body for a redelivery (None: never failed)."""
+    return delivery.first_failed_at + keep if delivery.first_failed_at is not None else None
+
+
+def listed(delivery: WebhookDelivery, has_body: bool, keep: timedelta, now: datetime) -> FailedWebhookDelivery:
+    """A delivery as the clearing API answers it."""
+    until = kept_until(delivery, keep) if has_body else None
+    return FailedWebhookDelivery(
+        delivery_id=delivery.delivery_id, case_id=delivery.case_id, destination_id=delivery.destination_id,
+        event_id=delivery.event_id, status=delivery.status,
+        attempts=delivery.attempts, last_error=delivery.last_error, failed_at=delivery.settled_at,
+        redeliverable=delivery.status == FAILED and until is not None and now < until, redeliverable_until=until,
+    )
 
 
 class WebhookStore:
@@ -124,7 +163,10 @@ class WebhookStore:
                 else:
                     row.status = DELIVERED if result.outcome == DELIVERED else FAILED
                     row.settled_at = now
-                    row.body = ""  # personal data: kept only while it may still be delivered
+                    if row.status == DELIVERED:
+                        row.body = ""  # personal data: a failed one keeps it for a redelivery, for a while
+                    elif row.first_failed_at is None:
+                        row.first_failed_at = now
                 session.add(row)
             session.commit()
 
@@ -137,12 +179,67 @@ class WebhookStore:
         with Session(self.engine) as session:
             return session.get(WebhookDelivery, delivery_id)
 
-    def failed(self, limit: int, offset: int) -> list[WebhookDelivery]:
-        """Deliveries given up on, the most recent first: the operator's clearing list for webhooks."""
+    def failed(self, limit: int, offset: int) -> list[tuple[WebhookDelivery, bool]]:
+        """Deliveries given up on, the most recent first, each with whether it still keeps its body: the operator's
+        clearing list for webhooks. The bodies themselves are not loaded."""
         with Session(self.engine) as session:
-            query = (select(WebhookDelivery).where(WebhookDelivery.status == FAILED)
+            query = (select(WebhookDelivery, col(WebhookDelivery.body) != "")
+                     .options(defer(WebhookDelivery.body))  # type: ignore[arg-type]  # SQLModel types it as a str
+                     .where(WebhookDelivery.status == FAILED)
                      .order_by(col(WebhookDelivery.settled_at).desc()).limit(limit).offset(offset))
+            return [(row, bool(has_body)) for row, has_body in session.exec(query).all()]
+
+    def redeliver(self, delivery_id: uuid.UUID, now: datetime, keep: timedelta) -> WebhookDelivery:
+        """Put a failed delivery back on the schedule: pending, due ``now``, its retry window starting ``now``;
+        raises ``NotRedeliverable``. The delivery job takes it like any other (same ``ce-id``, the destination's
+        webhook URL and secret at the attempt) and numbers its attempts on."""
+        with Session(self.engine) as session:
+            row = session.get(WebhookDelivery, delivery_id)
+            if row is None:
+                raise NotRedeliverable("unknown-delivery", "No webhook delivery with this id.")
+            if row.status != FAILED:
+                raise NotRedeliverable("not-failed", f"The delivery is {row.status}, not failed.")
+            until = kept_until(row, keep)
+            if not row.body or until is None or until <= now:
+                raise NotRedeliverable("body-deleted", "The event of this delivery was deleted after "
+                                       "ROUTING_WEBHOOK_FAILED_KEEP_DAYS; it is still on the destination's topic.")
+            destination = session.get(Destination, row.destination_id)
+            if destination is None or not destination.webhook_url:
+                raise NotRedeliverable("no-webhook", "The destination has no webhook now; register one first.")
+        # Compare-and-set: of two operators (or replicas) only one puts it back, and never after the retention job
+        # cleared its body. Pending again, the delivery job's own compare-and-set (claim) takes over.
+        statement = update(WebhookDelivery).where(
+            col(WebhookDelivery.delivery_id) == delivery_id, col(WebhookDelivery.status) == FAILED,
+            col(WebhookDelivery.body) != "", col(WebhookDelivery.first_failed_at) > now - keep,
+        ).values(status=PENDING, next_attempt_at=now, redelivered_at=now, settled_at=None)
+        with self.engine.begin() as connection:
+            if connection.execute(statement).rowcount != 1:
+                raise NotRedeliverable("not-failed", "The delivery changed meanwhile; look at it again.")
+        again = self.delivery(delivery_id)
+        assert again is not None  # deliveries are never deleted
+        return again
+
+    def expired_cases(self, cutoff: datetime, limit: int) -> list[uuid.UUID]:
+        """Cases with a failed delivery that keeps its body although it first failed before ``cutoff``."""
+        with Session(self.engine) as session:
+            query = select(WebhookDelivery.case_id).where(*self._expired(cutoff)).distinct().limit(limit)
             return list(session.exec(query).all())
+
+    def clear_expired(self, case_id: uuid.UUID, cutoff: datetime, now: datetime) -> int:
+        """Clear the bodies of the case's failed deliveries kept since before ``cutoff`` and record the deletion
+        for publishing, in one transaction; returns how many were cleared."""
+        with Session(self.engine) as session:
+            cleared = session.exec(update(WebhookDelivery).where(
+                col(WebhookDelivery.case_id) == case_id, *self._expired(cutoff)).values(body="")).rowcount
+            if cleared:
+                record_deletion(session, case_id, [KEPT_CATEGORY], now)
+            session.commit()
+            return cleared
+
+    @staticmethod
+    def _expired(cutoff: datetime) -> tuple[Any, ...]:
+        return (col(WebhookDelivery.status) == FAILED, col(WebhookDelivery.body) != "",
+                col(WebhookDelivery.first_failed_at) <= cutoff)
 
 
 class WebhookSender:
@@ -187,7 +284,7 @@ class WebhookSender:
             next_at = datetime.now(UTC) + timedelta(seconds=backoff.delay_s(
                 attempt_no, base_s=self.settings.webhook_backoff_base_s, cap_s=self.settings.webhook_backoff_max_s,
                 jitter=True))
-            if next_at > delivery.created_at + timedelta(seconds=self.settings.webhook_max_age_s):
+            if next_at > delivery.window_start + timedelta(seconds=self.settings.webhook_max_age_s):
                 result = Attempt(FAILED, result.status_code, f"gave up after {attempt_no} attempts: {result.error}")
         await anyio.to_thread.run_sync(self.store.settle, delivery.delivery_id, attempt_no, result, next_at)
         self.deliveries.labels(result.outcome).inc()
@@ -222,6 +319,34 @@ class WebhookSender:
         if status_code >= 500:
             return Attempt(RETRY, status_code, f"HTTP {status_code}")
         return Attempt(FAILED, status_code, f"HTTP {status_code}")
+
+
+class WebhookRetention:
+    """Clears the bodies of failed deliveries ``webhook_failed_keep_days`` after they first failed (SPEC §7), and
+    publishes each deletion (``de.ozg.personal-data.deleted.v1``, service ``routing``) as intake and notify do."""
+
+    def __init__(self, engine: Engine, broker: EventBroker, settings: Settings) -> None:
+        self.store = WebhookStore(engine)
+        self.keep = timedelta(days=settings.webhook_failed_keep_days)
+        self.publisher = DeletionPublisher(engine, broker, SERVICE)
+
+    async def purge(self) -> int:
+        """Clear what was kept too long, then publish every deletion not yet published (this round's and any an
+        earlier round left); returns how many were published."""
+        now = datetime.now(UTC)
+        cutoff = now - self.keep
+
+        async def clear(case_id: uuid.UUID) -> None:
+            await anyio.to_thread.run_sync(self.store.clear_expired, case_id, cutoff, now)
+
+        await drain(lambda: anyio.to_thread.run_sync(self.store.expired_cases, cutoff, RETENTION_BATCH), clear)
+        return await self.publisher.publish_pending()
+
+
+def redeliveries_counter(registry: CollectorRegistry) -> Counter:
+    """``ozg_webhook_redeliveries_total``: failed deliveries an operator put back on the schedule."""
+    return Counter("ozg_webhook_redeliveries", "Failed webhook deliveries put back on the schedule by an operator",
+                   registry=registry)
 
 
 def deliveries_counter(registry: CollectorRegistry) -> Counter:

@@ -84,7 +84,8 @@ SERVICES: dict[str, tuple[Callable[[Path, KafkaSettings], tuple[Service, FastAPI
     "routing": (routing, ClientKind.OPERATOR, {
         "GET /v1/routes", "PUT /v1/destinations/{destination_id}", "GET /v1/clearing",
         "POST /v1/clearing/{case_id}", "POST /v1/cases/{case_id}/status",
-        "GET /v1/destinations/{destination_id}/cases"}),
+        "GET /v1/destinations/{destination_id}/cases", "GET /v1/clearing/webhooks",
+        "POST /v1/clearing/webhooks/{delivery_id}/redeliver"}),
     "notify": (notify, ClientKind.OPERATOR, {"GET /v1/notifications"}),
     "audit": (audit, ClientKind.AUDITOR, {
         "GET /v1/cases/{case_id}/trail", "GET /v1/verify", "GET /v1/checkpoints",

@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -356,3 +356,84 @@ async def test_a_request_failing_verification_is_refused_by_the_back_office(
             signed = await http.post(office.url, content=body, headers={
                 **headers, "x-ozg-timestamp": fresh, "x-ozg-signature": sign(SECRET, fresh, body)})
         assert (replayed.status_code, signed.status_code) == (401, 200)
+
+
+async def test_a_delivery_refused_by_a_broken_receiver_is_redelivered_once_it_is_fixed(
+    settings: Settings, kafka_settings: KafkaSettings, destination_id: uuid.UUID
+) -> None:
+    # A bug in the back office's signature check answers 401: final, the delivery fails. The team deploys a fixed
+    # receiver (here at another URL, re-registered), and the operator redelivers.
+    application = kelheim_application()
+    with BackOffice([(401, 0.0)], subject=application.case_id) as broken, \
+            BackOffice([], subject=application.case_id) as fixed:
+        async with serving(settings, destination_id, broken.url) as (service, client):
+            case_id = await submit(kafka_settings, application)
+            failed = await wait_until(lambda: settled(service, case_id))
+            assert (failed.status, failed.last_error) == ("failed", "HTTP 401")
+            assert failed.body != ""  # kept for a redelivery
+            _, operator = await issue_key(kafka_settings, ClientKind.OPERATOR, service=service)
+            auth = {"Authorization": f"Bearer {operator}"}
+            listed = [f for f in (await client.get("/v1/clearing/webhooks", headers=auth)).json()
+                      if f["delivery_id"] == str(failed.delivery_id)]
+            assert [(f["status"], f["redeliverable"]) for f in listed] == [("failed", True)]
+            until = datetime.fromisoformat(listed[0]["redeliverable_until"])
+            assert failed.settled_at is not None
+            assert until - failed.settled_at == timedelta(days=30)  # ROUTING_WEBHOOK_FAILED_KEEP_DAYS
+            register(service, destination_id, fixed.url)
+
+            url = f"/v1/clearing/webhooks/{failed.delivery_id}/redeliver"
+            _, portal = await issue_key(kafka_settings, ClientKind.PORTAL, service=service)
+            assert (await client.post(url, headers={"Authorization": f"Bearer {portal}"})).status_code == 403
+            assert (await client.post(url)).status_code == 401
+            unknown = await client.post(f"/v1/clearing/webhooks/{uuid.uuid4()}/redeliver", headers=auth)
+            assert (unknown.status_code, unknown.json()["type"]) == (404, "urn:ozg:problem:unknown-delivery")
+
+            answer = await client.post(url, headers=auth)
+            assert answer.status_code == 202
+            assert (answer.json()["delivery_id"], answer.json()["status"]) == (str(failed.delivery_id), "pending")
+            done = await wait_until(lambda: settled(service, case_id))
+            assert done.status == "delivered"
+            assert done.body == ""  # delivered: the personal data goes
+            attempts = WebhookStore(service.engine).attempts(done.delivery_id)
+            assert [(a.attempt, a.outcome, a.status_code) for a in attempts] == [(1, "failed", 401),
+                                                                                  (2, "delivered", 200)]
+            again = await client.post(url, headers=auth)
+            assert (again.status_code, again.json()["type"]) == (409, "urn:ozg:problem:not-failed")
+            flagged = (await client.get("/v1/clearing/webhooks", headers=auth)).text
+            assert str(failed.delivery_id) not in flagged
+            assert "ozg_webhook_redeliveries_total 1.0" in (await client.get("/metrics")).text
+
+        assert len(broken.requests) == len(fixed.requests) == 1
+        (first, _), (headers, body) = broken.requests[0], fixed.requests[0]
+        assert headers["ce-id"] == first["ce-id"] == failed.event_id  # the receiver de-duplicates on it
+        assert verify(SECRET, headers["x-ozg-timestamp"], body, headers["x-ozg-signature"])
+        assert json.loads(body)["case_id"] == str(case_id)
+
+
+async def test_a_failed_deliverys_event_is_deleted_after_the_keep_time_and_not_redelivered(
+    settings: Settings, kafka_settings: KafkaSettings, destination_id: uuid.UUID
+) -> None:
+    short = settings.model_copy(update={"webhook_failed_keep_days": 1 / 86400, "webhook_retention_interval_s": 0.1})
+    application = kelheim_application()
+    with BackOffice([(400, 0.0)], subject=application.case_id) as office:
+        async with serving(short, destination_id, office.url) as (service, client):
+            case_id = await submit(kafka_settings, application)
+            failed = await wait_until(lambda: settled(service, case_id))
+            assert failed.status == "failed"
+            # A second after it failed, the retention job clears the kept event.
+            await wait_until(lambda: getattr(delivery_of(service, case_id), "body", None) == "")
+            _, operator = await issue_key(kafka_settings, ClientKind.OPERATOR, service=service)
+            auth = {"Authorization": f"Bearer {operator}"}
+            listed = [f for f in (await client.get("/v1/clearing/webhooks", headers=auth)).json()
+                      if f["delivery_id"] == str(failed.delivery_id)]
+            assert [(f["redeliverable"], f["redeliverable_until"]) for f in listed] == [(False, None)]
+            refused = await client.post(f"/v1/clearing/webhooks/{failed.delivery_id}/redeliver", headers=auth)
+            assert (refused.status_code, refused.json()["type"]) == (409, "urn:ozg:problem:body-deleted")
+            # The deletion is audited like intake's and notify's.
+            records = await consume(kafka_settings, topics.DELETIONS, 1,
+                                    predicate=lambda r: r.key == str(case_id).encode())
+            deleted = parse_event(records[0].headers, records[0].value)
+            assert deleted.type == events.PERSONAL_DATA_DELETED_V1
+            assert (deleted.data["service"], deleted.data["categories"], deleted.data["reason"]) == (
+                "routing", ["webhook_deliveries"], "retention")
+        assert len(office.requests) == 1
