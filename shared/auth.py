@@ -35,6 +35,8 @@ DEFAULT_SCOPES: dict[ClientKind, tuple[str, ...]] = {
     ClientKind.OPERATOR: ("destinations:write", "destinations:read", "clearing", "notifications:read"),
     ClientKind.AUDITOR: ("audit:read",),
 }
+# Every scope there is: the services check no other, so a key can be given only these.
+SCOPES: frozenset[str] = frozenset(scope for scopes in DEFAULT_SCOPES.values() for scope in scopes)
 
 
 def hash_key(key: str) -> str:

@@ -15,6 +15,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 MEDIA_TYPE = "application/problem+json"
 TYPE_BASE = "urn:ozg:problem:"
+# The kind of the 400 every service answers for a request body that cannot be parsed at all.
+UNREADABLE_BODY = "unreadable-body"
 # The name of ProblemDetail's schema in every service's OpenAPI document.
 PROBLEM_SCHEMA = "Problem"
 _PROBLEM_REF = {"$ref": f"#/components/schemas/{PROBLEM_SCHEMA}"}
@@ -70,6 +72,20 @@ def problem_response(problem: ProblemException, instance: str | None = None) -> 
         body["errors"] = problem.errors
     body.update(problem.extra)
     return JSONResponse(body, status_code=problem.status, headers=problem.headers, media_type=MEDIA_TYPE)
+
+
+def unreadable_body(cause: BaseException | None = None) -> ProblemException:
+    """The problem for a request body that cannot be parsed at all (``400``): not JSON, not UTF-8, or nested deeper
+    than the parser goes. A body that parses but breaks the model is a ``422`` instead.
+
+    For a JSONDecodeError ``cause`` the parser's message and position are told, never the body: it may be personal
+    data.
+    """
+    where = ""
+    if isinstance(cause, json.JSONDecodeError):
+        where = f" ({cause.msg}: line {cause.lineno} column {cause.colno})"
+    return ProblemException(400, f"The request body is not readable JSON{where}.", kind=UNREADABLE_BODY,
+                            title="Unreadable request body")
 
 
 def validation_errors(errors: Any) -> list[dict[str, Any]]:
@@ -152,6 +168,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        if isinstance(exc.__cause__, json.JSONDecodeError):
+            # FastAPI reports a body that is not JSON as a validation error ("json_invalid"); it is no field's fault.
+            return problem_response(unreadable_body(exc.__cause__), request.url.path)
         problem = ProblemException(
             422,
             "The request is not valid; see errors.",
@@ -163,6 +182,10 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:
+            # The framework's only 400: a body it failed to parse other than as a JSONDecodeError (RecursionError
+            # for deep nesting, UnicodeDecodeError for bytes that are not UTF-8, a broken multipart form).
+            return problem_response(unreadable_body(), request.url.path)
         problem = ProblemException(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
         return problem_response(problem, request.url.path)
 

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from shared import events, topics
-from shared.auth import DEFAULT_SCOPES, KEY_PREFIX, hash_key
+from shared.auth import DEFAULT_SCOPES, KEY_PREFIX, SCOPES, hash_key
 from shared.envelope import InvalidEvent, build_event, parse_event
 from shared.events import ClientKind, ClientRecord
 from shared.settings import KafkaSettings
@@ -58,9 +58,20 @@ async def issue(
     scopes: Sequence[str] | None = None,
     destination_id: uuid.UUID | None = None,
 ) -> tuple[ClientRecord, str]:
-    """Register a new client; returns its record and its key (the only time the key is known)."""
+    """Register a new client; returns its record and its key (the only time the key is known).
+
+    Raises ValueError, before anything is published, for a destination client without a ``destination_id``, a
+    ``destination_id`` for any other kind, or a scope outside ``shared.auth.SCOPES``.
+    """
     if kind is ClientKind.DESTINATION and destination_id is None:
         raise ValueError("a destination client must be bound to a destination_id")
+    if kind is not ClientKind.DESTINATION and destination_id is not None:
+        # The binding opens that destination's cases and attachments: only the destination's own key may carry it.
+        raise ValueError(f"only a destination client is bound to a destination_id, not a {kind.value} client")
+    unknown = sorted(set(scopes or ()) - SCOPES)
+    if unknown:
+        # A scope no service checks would leave the key without the access its issuer meant to grant.
+        raise ValueError(f"unknown scope(s) {', '.join(unknown)}; known: {', '.join(sorted(SCOPES))}")
     key = new_key()
     record = ClientRecord(
         client_id=uuid.uuid4(),

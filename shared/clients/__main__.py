@@ -8,6 +8,7 @@ import json
 import sys
 import uuid
 
+from shared.auth import SCOPES
 from shared.clients import current, issue, revoke
 from shared.events import ClientKind
 from shared.settings import KafkaSettings
@@ -20,8 +21,10 @@ def main(argv: list[str] | None = None) -> int:
     issue_p = sub.add_parser("issue", help="register a client and print its key once")
     issue_p.add_argument("--kind", required=True, choices=[k.value for k in ClientKind])
     issue_p.add_argument("--name", required=True)
-    issue_p.add_argument("--scope", action="append", help="replace the kind's default scopes (repeatable)")
-    issue_p.add_argument("--destination-id", type=uuid.UUID, help="binding of a destination's key")
+    issue_p.add_argument("--scope", action="append",
+                         help=f"replace the kind's default scopes (repeatable; one of {', '.join(sorted(SCOPES))})")
+    issue_p.add_argument("--destination-id", type=uuid.UUID,
+                         help="binding of a destination's key (required for kind destination, refused for others)")
     sub.add_parser("list", help="list clients (never keys)")
     revoke_p = sub.add_parser("revoke", help="revoke a client's key on every service")
     revoke_p.add_argument("client_id", type=uuid.UUID)
@@ -35,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
                       destination_id=args.destination_id)
             )
         except ValueError as exc:
-            parser.error(str(exc))
+            issue_p.error(str(exc))
         print(json.dumps({**record.model_dump(mode="json", exclude={"key_hash"}), "key": key}, indent=2))
     elif args.command == "list":
         for record in asyncio.run(current(settings)).values():

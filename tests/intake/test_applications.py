@@ -167,6 +167,17 @@ async def test_refuses_bad_requests_with_problem_details(settings: Settings, kaf
                                   headers={**auth(portal, "paired"), "Content-Type": "application/json"})
         assert emoji.status_code != 500
 
+        # A body that is no JSON at all, or nested deeper than the parser goes, is a 400, not a field's 422.
+        name = application_body()["applicant"]["name"]
+        for unreadable in (b"{nope", f'{{"applicant": {{"name": "{name}"'.encode(), b"[" * 10_000 + b"]" * 10_000):
+            not_json = await client.post("/v1/applications", content=unreadable,
+                                         headers={**auth(portal, "g"), "Content-Type": "application/json"})
+            assert not_json.status_code == 400, not_json.text
+            assert not_json.headers["content-type"] == "application/problem+json"
+            assert not_json.json()["type"] == "urn:ozg:problem:unreadable-body"
+            assert "nope" not in not_json.text
+            assert name not in not_json.text
+
         unknown_service = application_body()
         unknown_service["leika_key"] = "99999999999999"
         unknown = await client.post("/v1/applications", json=unknown_service, headers=auth(portal, "d"))

@@ -42,7 +42,7 @@ from services.notify.app import build as build_notify
 from services.notify.settings import Settings as NotifySettings
 from services.routing.app import build as build_routing
 from services.routing.settings import Settings as RoutingSettings
-from shared.auth import DEFAULT_SCOPES
+from shared.auth import SCOPES
 from shared.events import ClientKind
 from shared.runtime import Service
 from shared.settings import KafkaSettings
@@ -52,7 +52,7 @@ from tests.support import issue_key, running
 MAX_EXAMPLES = 25
 CHECKS = [not_a_server_error, response_schema_conformance, content_type_conformance, status_code_conformance,
           response_headers_conformance]
-EVERY_SCOPE = sorted({scope for scopes in DEFAULT_SCOPES.values() for scope in scopes})
+EVERY_SCOPE = sorted(SCOPES)
 
 
 def intake(root: Path, kafka: KafkaSettings) -> tuple[Service, FastAPI]:

@@ -61,6 +61,15 @@ async def test_destination_registry(tmp_path: Path, kafka_settings: KafkaSetting
         for control in ({**body, "name": "Landratsamt\x00"}, nul_secret):
             assert (await client.put(url, json=control, headers=bearer(operator))).status_code == 422
 
+        for unreadable in (b'{"name": "Landratsamt Kelheim", nope', b"[" * 10_000 + b"]" * 10_000):
+            not_json = await client.put(url, content=unreadable,
+                                        headers={**bearer(operator), "Content-Type": "application/json"})
+            assert not_json.status_code == 400, not_json.text
+            assert not_json.headers["content-type"] == "application/problem+json"
+            assert not_json.json()["type"] == "urn:ozg:problem:unreadable-body"
+            assert "Kelheim" not in not_json.text
+            assert "nope" not in not_json.text
+
         # A typo would register a back office that never receives a case: an authority of every level must be in
         # the directory, and a service in the catalogue.
         typo = {**body, "authority_ars": "092731111111", "leika_keys": [WOHNGELD, "99999999999999"]}

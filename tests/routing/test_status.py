@@ -153,6 +153,14 @@ async def test_forbidden_transitions_and_incomplete_reports(settings: Settings, 
             assert [e["pointer"] for e in answer.json()["errors"]] == [pointer], (body, answer.text)
         assert status_of(service, case_id) == S.IN_PROGRESS
 
+        not_json = await client.post(url, content=b'{"status": "decided", "message": "Bescheid anbei", nope',
+                                     headers={**bearer(key), "Content-Type": "application/json"})
+        assert not_json.status_code == 400, not_json.text
+        assert not_json.headers["content-type"] == "application/problem+json"
+        assert not_json.json()["type"] == "urn:ozg:problem:unreadable-body"
+        assert "Bescheid" not in not_json.text
+        assert status_of(service, case_id) == S.IN_PROGRESS
+
         # Every consumer would dead-letter an event over max_event_bytes, and the services would fall out of step.
         received = add_case(service, destination, S.ROUTED)
         longest = {"type": "urn:example:" + "t" * 488, "title": "T" * 200, "detail": "D" * 2000,

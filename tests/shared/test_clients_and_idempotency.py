@@ -16,6 +16,8 @@ from sqlmodel import Session
 
 from services.intake.app import build
 from services.intake.settings import Settings
+from shared import clients
+from shared.auth import SCOPES
 from shared.db import make_engine, migrate
 from shared.events import ClientKind
 from shared.idempotency import ProcessedEvent, claim_batch, first_delivery
@@ -61,6 +63,30 @@ async def test_cli_issue_list_revoke_reach_a_running_service(tmp_path: Path, kaf
         assert cli(kafka_settings, "revoke", str(uuid.uuid4())).returncode == 1
         destination = cli(kafka_settings, "issue", "--kind", ClientKind.DESTINATION.value, "--name", "x")
         assert destination.returncode == 2  # a destination key must be bound to its destination
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--kind", "portal", "--destination-id", str(uuid.uuid4())],
+         "only a destination client is bound to a destination_id, not a portal client"),
+        (["--kind", "destination"], "a destination client must be bound to a destination_id"),
+        (["--kind", "portal", "--scope", "applications:submit", "--scope", "foo:bar"],
+         f"unknown scope(s) foo:bar; known: {', '.join(sorted(SCOPES))}"),
+        (["--kind", "destination", "--destination-id", str(uuid.uuid4()), "--scope", "cases:write"],
+         "unknown scope(s) cases:write;"),
+    ],
+    ids=["destination-id-on-a-portal", "destination-without-id", "unknown-scope", "unknown-scope-of-a-destination"],
+)
+async def test_cli_refuses_contradictory_clients_and_publishes_nothing(
+    kafka_settings: KafkaSettings, args: list[str], message: str
+) -> None:
+    name = f"refused {uuid.uuid4()}"
+    refused = cli(kafka_settings, "issue", "--name", name, *args)
+    assert refused.returncode == 2
+    assert message in refused.stderr
+    assert refused.stdout == ""  # no key printed
+    assert name not in {record.name for record in (await clients.current(kafka_settings)).values()}
 
 
 @pytest.fixture
