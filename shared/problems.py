@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 MEDIA_TYPE = "application/problem+json"
@@ -35,6 +35,14 @@ class ProblemDetail(BaseModel):
     detail: str | None = None
     instance: str | None = None
     errors: list[dict[str, Any]] | None = None
+    # Extension members (RFC 9457 §3.2) some problems carry, declared so that clients can rely on their shape.
+    current_status: str | None = Field(default=None, description="409 of a status change: the case's status now")
+    allowed: list[str] | None = Field(default=None, description="409 invalid-transition: the statuses that may "
+                                      "be reported next")
+    candidates: list[dict[str, Any]] | None = Field(
+        default=None, description="409 ambiguous-postal-code: the Gemeinden (ars, ags, name) the code may mean")
+    checks: dict[str, bool] | None = Field(default=None, description="503 not-ready: each dependency, reachable "
+                                           "or not")
 
 
 class ProblemException(Exception):
@@ -186,7 +194,10 @@ def install(app: FastAPI) -> None:
             # The framework's only 400: a body it failed to parse other than as a JSONDecodeError (RecursionError
             # for deep nesting, UnicodeDecodeError for bytes that are not UTF-8, a broken multipart form).
             return problem_response(unreadable_body(), request.url.path)
-        problem = ProblemException(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+        # The framework's own 404 (no such route) and 405 (no such method on it) get the project's types too.
+        kind = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code)
+        problem = ProblemException(exc.status_code, str(exc.detail), kind=kind,
+                                   headers=getattr(exc, "headers", None))
         return problem_response(problem, request.url.path)
 
     @app.exception_handler(Exception)

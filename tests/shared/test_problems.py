@@ -76,3 +76,14 @@ async def test_the_openapi_document_declares_the_400_where_a_body_is_read(client
     document = (await client.get("/openapi.json")).json()
     declared = document["paths"]["/applicants"]["post"]["responses"]["400"]
     assert declared["content"] == {problems.MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    members = document["components"]["schemas"]["Problem"]["properties"]
+    # The extension members some problems carry are declared, so a client can rely on their shape.
+    assert {"current_status", "allowed", "candidates", "checks"} <= set(members)
+
+
+async def test_the_frameworks_own_404_and_405_carry_the_projects_types(client: httpx.AsyncClient) -> None:
+    for answer, kind in ((await client.get("/nowhere"), "not-found"), (await client.get("/applicants"),
+                                                                       "method-not-allowed")):
+        assert answer.headers["content-type"] == problems.MEDIA_TYPE
+        assert answer.json()["type"] == f"urn:ozg:problem:{kind}"
+    assert (await client.get("/applicants")).headers["allow"] == "POST"
