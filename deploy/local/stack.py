@@ -83,6 +83,8 @@ class LocalStack:
             env["INTAKE_PUBLIC_BASE_URL"] = self.url("intake")
         if name == "routing":
             env["ROUTING_DEMO_DESTINATIONS"] = "true"
+            # An integrator trying a webhook receiver on this machine needs no certificate for it.
+            env["ROUTING_WEBHOOK_ALLOW_HTTP_LOOPBACK"] = "true"
         if name == "notify":
             env["NOTIFY_SMTP_PORT"] = str(self.smtp_port)
             env["NOTIFY_STATUS_BASE_URL"] = f"{self.url('intake')}/v1/applications"

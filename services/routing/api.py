@@ -35,7 +35,7 @@ from services.routing.models import (
 )
 from services.routing.publishing import OutboxPublisher
 from services.routing.registry import RoutingState
-from services.routing.webhooks import NotRedeliverable, WebhookStore, listed, redeliveries_counter
+from services.routing.webhooks import NotRedeliverable, WebhookStore, allowed_url, listed, redeliveries_counter
 from shared import catalogue, topics
 from shared.auth import require
 from shared.db import MAX_BIGINT
@@ -134,9 +134,11 @@ def create_operator_router(service: Service, state: RoutingState, publisher: Out
         known = catalogue.load()
         errors += [{"pointer": f"#/leika_keys/{i}", "detail": "not in the service catalogue",
                     "code": "unknown_leika_key"} for i, key in enumerate(body.leika_keys) if key not in known]
+        if body.webhook is not None and not allowed_url(str(body.webhook.url), publisher.settings):
+            errors.append({"pointer": "#/webhook/url", "detail": "must use https", "code": "https_required"})
         if errors:
-            raise ProblemException(422, "The destination names an authority or services routing does not know.",
-                                   kind="validation", title="Validation failed", errors=errors)
+            raise ProblemException(422, "The destination is not valid; see errors.", kind="validation",
+                                   title="Validation failed", errors=errors)
         existing = await anyio.to_thread.run_sync(store.destination, destination_id)
         secret = None
         if body.webhook is not None:

@@ -84,6 +84,13 @@ def _loopback(url: str) -> bool:
         return False
 
 
+def allowed_url(url: str, settings: Settings) -> bool:
+    """Whether routing may push to ``url``: https, or with ``webhook_allow_http_loopback`` (a developer's machine)
+    plain http to a loopback address."""
+    scheme = urlsplit(url).scheme
+    return scheme == "https" or (scheme == "http" and settings.webhook_allow_http_loopback and _loopback(url))
+
+
 @dataclass(frozen=True)
 class Attempt:
     """What one HTTP attempt came to."""
@@ -274,8 +281,7 @@ class WebhookSender:
         destination = await anyio.to_thread.run_sync(self._destination, delivery.destination_id)
         if destination is None or not destination.webhook_url or not destination.webhook_secret:
             result = Attempt(FAILED, error="the destination has no webhook any more")
-        elif urlsplit(destination.webhook_url).scheme != "https" and not (
-                self.settings.webhook_allow_http_loopback and _loopback(destination.webhook_url)):
+        elif not allowed_url(destination.webhook_url, self.settings):
             result = Attempt(FAILED, error="the webhook URL is not https")
         else:
             result = await self._post(client, destination.webhook_url, destination.webhook_secret, delivery)

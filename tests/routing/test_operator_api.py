@@ -56,7 +56,10 @@ async def test_destination_registry(tmp_path: Path, kafka_settings: KafkaSetting
         assert (await client.put(url, json=body)).status_code == 401
         assert (await client.put(url, json=body, headers=bearer(portal))).status_code == 403
         insecure = {**body, "webhook": {"url": "http://example.org/ozg", "secret": "s3cret-s3cret-s3cret"}}
-        assert (await client.put(url, json=insecure, headers=bearer(operator))).status_code == 422
+        for plain in (insecure, {**insecure, "webhook": {**insecure["webhook"], "url": "http://127.0.0.1:8080/"}}):
+            refused_plain = await client.put(url, json=plain, headers=bearer(operator))
+            assert refused_plain.status_code == 422
+            assert [e["pointer"] for e in refused_plain.json()["errors"]] == ["#/webhook/url"]
         nul_secret = {**body, "webhook": {**body["webhook"], "secret": "s3cret\x00s3cret-s3cret"}}
         for control in ({**body, "name": "Landratsamt\x00"}, nul_secret):
             assert (await client.put(url, json=control, headers=bearer(operator))).status_code == 422
@@ -124,6 +127,22 @@ async def test_destination_registry(tmp_path: Path, kafka_settings: KafkaSetting
         assert missing.status_code == 404
         assert missing.headers["content-type"].startswith("application/problem+json")
         assert (await client.delete(url, headers=bearer(operator))).status_code == 404
+
+
+async def test_a_developer_may_register_a_plain_http_webhook_on_loopback_only(
+    tmp_path: Path, kafka_settings: KafkaSettings
+) -> None:
+    service, app = build(settings_for(tmp_path / "routing.db", kafka_settings, webhook_allow_http_loopback=True))
+    async with running(service, app) as client:
+        _, operator = await issue_key(kafka_settings, ClientKind.OPERATOR, service=service)
+        body = {"name": "Stadt Kelheim (Entwicklung)", "authority_ars": "092730137137"}
+        for url, status in (("http://127.0.0.1:8080/ozg", 201), ("http://localhost:8080/ozg", 201),
+                            ("http://[::1]:8080/ozg", 201), ("http://example.org/ozg", 422),
+                            ("http://10.0.0.1/ozg", 422), ("https://example.org/ozg", 201)):
+            webhook = {"url": url, "secret": "s3cret-s3cret-s3cret"}
+            answer = await client.put(f"/v1/destinations/{uuid.uuid4()}", json={**body, "webhook": webhook},
+                                      headers=bearer(operator))
+            assert answer.status_code == status, (url, answer.text)
 
 
 async def test_every_replica_sees_new_destinations_and_a_new_directory(
