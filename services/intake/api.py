@@ -218,7 +218,8 @@ def create_router(
             raise ProblemException(
                 422, "An attachment already belongs to another application.", kind="validation",
                 title="Validation failed",
-                errors=[{"pointer": "#/attachments", "detail": "already used", "code": "attachment_taken"}],
+                errors=[{"pointer": f"#/attachments/{i}", "detail": "already used", "code": "attachment_taken"}
+                        for i in outcome.positions],
             )
         if isinstance(outcome, KeyReused):
             raise ProblemException(422, "This Idempotency-Key was used with a different body.",

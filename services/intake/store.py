@@ -79,7 +79,10 @@ class InFlight:
 
 @dataclass(frozen=True)
 class AttachmentsTaken:
-    """An attachment named in the application already belongs to another application."""
+    """Attachments named in the application already belong to another one: ``positions`` are their indexes in the
+    application's list."""
+
+    positions: tuple[int, ...]
 
 
 Reservation = Reserved | Replay | KeyReused | InFlight | AttachmentsTaken
@@ -143,8 +146,10 @@ class IntakeStore:
                         .values(case_id=candidate.case_id)
                     )
                     if bound.rowcount != len(attachment_ids):
+                        ours = set(session.exec(select(Attachment.attachment_id).where(
+                            col(Attachment.case_id) == candidate.case_id)).all())
                         session.rollback()
-                        return AttachmentsTaken()
+                        return AttachmentsTaken(tuple(i for i, a in enumerate(attachment_ids) if a not in ours))
                 session.commit()
             except IntegrityError:
                 # The same key raced us to the unique index, or (once in 2^40) the reference collided.

@@ -56,7 +56,7 @@ def test_binding_release_outbox_and_sweep(database_url: str) -> None:
     assert store.owned_attachments(ids, other) == {}
     first = store.reserve(candidate(client, "k1", long_ago), ids)
     assert isinstance(first, Reserved)
-    assert isinstance(store.reserve(candidate(client, "k2", long_ago), ids[:1]), AttachmentsTaken)
+    assert store.reserve(candidate(client, "k2", long_ago), ids[:1]) == AttachmentsTaken((0,))
     assert store.unreferenced_before(datetime.now(UTC)) == []
 
     # The outbox sees the old pending case; accepting it is idempotent and drops the stored event data.
@@ -309,3 +309,19 @@ async def test_group_commit_hitting_a_unique_index_decides_one_by_one(database_u
 def with_body(case: NewCase, body: str) -> NewCase:
     case.body_hash = body * 64
     return case
+
+
+def test_a_reservation_names_the_attachments_another_application_took(database_url: str) -> None:
+    _, store = migrated(database_url)
+    client = uuid.uuid4()
+    now = datetime.now(UTC)
+    files = [Attachment(attachment_id=uuid.uuid4(), client_id=client, filename=f"{n}.pdf",
+                        media_type="application/pdf", size=10, sha512="0" * 128, created_at=now) for n in range(3)]
+    second = [row.attachment_id for row in files]
+    for row in files:
+        store.add_attachment(row)
+    assert isinstance(store.reserve(candidate(client, "k1", now), [second[1]]), Reserved)
+    assert store.reserve(candidate(client, "k2", now), second) == AttachmentsTaken((1,))
+    # The whole reservation is undone: the free ones stay free.
+    owned = store.owned_attachments(second, client)
+    assert [owned[a].case_id is None for a in second] == [True, False, True]
