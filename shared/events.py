@@ -291,11 +291,11 @@ class ApplicationDispatched(Strict):
 class Problem(Strict):
     """An RFC 9457-style problem, as a back office reports it when it rejects a case."""
 
-    # Bounded, so that a report of up to 100 problems stays an event every consumer takes (max_event_bytes).
-    type: Annotated[Line, Field(min_length=1, max_length=500)] = "about:blank"
-    title: Annotated[Line, Field(min_length=1, max_length=200)]
-    detail: Annotated[Lines, Field(max_length=2000)] | None = None
-    instance: Annotated[Line, Field(max_length=500)] | None = None
+    # Unbounded here, as published so far: routing bounds what a back office may report (its ProblemIn).
+    type: Line = "about:blank"
+    title: Line
+    detail: Lines | None = None
+    instance: Line | None = None
 
 
 class Outcome(enum.StrEnum):
@@ -317,7 +317,7 @@ class CaseStatusChanged(Strict):
     destination_id: UUID | None = None
     outcome: Outcome | None = None
     message: Annotated[Lines, Field(max_length=5000)] | None = None
-    problems: list[Problem] = Field(default_factory=list, max_length=100)
+    problems: list[Problem] = Field(default_factory=list)
     changed_at: Instant
 
     @property

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, HttpUrl, ValidationInfo, field_validator
@@ -357,6 +357,16 @@ class ManualRoutingDone(BaseModel):
 ReportedStatus = Literal["received", "rejected", "in_progress", "information_requested", "decided", "closed"]
 
 
+class ProblemIn(Problem):
+    """A problem as a back office reports it: bounded, so that a report of up to 100 stays an event every consumer
+    takes (``max_event_bytes``). The event's own ``Problem`` stays as lenient as events already published."""
+
+    type: Annotated[Line, PydField(min_length=1, max_length=500)] = "about:blank"
+    title: Annotated[Line, PydField(min_length=1, max_length=200)]
+    detail: Annotated[Lines, PydField(max_length=2000)] | None = None
+    instance: Annotated[Line, PydField(max_length=500)] | None = None
+
+
 class StatusReport(BaseModel):
     """The body of ``POST /v1/cases/{case_id}/status``: what the back office reports (SPEC §4).
 
@@ -372,7 +382,7 @@ class StatusReport(BaseModel):
                                    description="To the applicant; required for information_requested and decided")
     outcome: Outcome | None = PydField(default=None, validate_default=True,
                                        description="Required for decided, refused otherwise")
-    problems: list[Problem] = PydField(default_factory=list, max_length=100, validate_default=True,
+    problems: list[ProblemIn] = PydField(default_factory=list, max_length=100, validate_default=True,
                                        description="Why the case is rejected; required for rejected")
 
     @field_validator("message", "outcome", "problems")

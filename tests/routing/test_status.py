@@ -183,6 +183,10 @@ async def test_forbidden_transitions_and_incomplete_reports(settings: Settings, 
                                     json={"status": "rejected", "problems": [longest] * 100})
         assert fitting.status_code == 202, fitting.text
         assert status_of(service, received) == S.REJECTED
+        # The event keeps accepting what was published before the bounds (consumers must not dead-letter it).
+        earlier = CaseStatusChanged(case_id=received, reference="R", status=S.REJECTED, changed_at=datetime.now(UTC),
+                                    problems=[{"title": "", "detail": "D" * 5000}] * 150)
+        assert CaseStatusChanged.model_validate_json(earlier.model_dump_json()) == earlier
 
 
 async def test_of_two_concurrent_reports_one_wins(database_url: str, kafka_settings: KafkaSettings) -> None:
