@@ -37,6 +37,7 @@ import anyio.to_thread
 import httpx
 from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy import Engine, exists, update
+from sqlalchemy import select as sa_select
 from sqlalchemy.orm import aliased, defer
 from sqlmodel import Session, col, select
 
@@ -199,7 +200,12 @@ class WebhookStore:
     def redeliver(self, delivery_id: uuid.UUID, now: datetime, keep: timedelta) -> WebhookDelivery:
         """Put a failed delivery back on the schedule: pending, due ``now``, its retry window starting ``now``;
         raises ``NotRedeliverable``. The delivery job takes it like any other (same ``ce-id``, the destination's
-        webhook URL and secret at the attempt) and numbers its attempts on."""
+        webhook URL and secret at the attempt) and numbers its attempts on.
+
+        The case's other failed deliveries to the same destination that still keep their event go back with it,
+        so the job sends them in their order (a withdrawal after the case it withdraws); if a later event of the
+        case already reached the destination, nothing goes back (``out-of-order``).
+        """
         with Session(self.engine) as session:
             row = session.get(WebhookDelivery, delivery_id)
             if row is None:
@@ -209,18 +215,34 @@ class WebhookStore:
             until = kept_until(row, keep)
             if not row.body or until is None or until <= now:
                 raise NotRedeliverable("body-deleted", "The event of this delivery was deleted after "
-                                       "ROUTING_WEBHOOK_FAILED_KEEP_DAYS; it is still on the destination's topic.")
+                                       "ROUTING_WEBHOOK_FAILED_KEEP_DAYS; the destination's topic keeps it only "
+                                       "while OZG_KAFKA_RETENTION_DAYS lasts.")
             destination = session.get(Destination, row.destination_id)
             if destination is None or not destination.webhook_url:
                 raise NotRedeliverable("no-webhook", "The destination has no webhook now; register one first.")
-        # Compare-and-set: of two operators (or replicas) only one puts it back, and never after the retention job
-        # cleared its body. Pending again, the delivery job's own compare-and-set (claim) takes over.
+            siblings = session.connection().execute(
+                sa_select(col(WebhookDelivery.delivery_id), col(WebhookDelivery.status),
+                          col(WebhookDelivery.created_at), col(WebhookDelivery.body) != "",
+                          col(WebhookDelivery.first_failed_at))
+                .where(col(WebhookDelivery.case_id) == row.case_id,
+                       col(WebhookDelivery.destination_id) == row.destination_id)).all()
+        group = {d for d, status, _, kept, first in siblings
+                 if status == FAILED and kept and first is not None and first + keep > now}
+        if delivery_id not in group:  # another operator or replica was quicker
+            raise NotRedeliverable("not-failed", "The delivery changed meanwhile; look at it again.")
+        earliest = min(created for d, _, created, _, _ in siblings if d in group)
+        if any(status == DELIVERED and created > earliest for _, status, created, _, _ in siblings):
+            raise NotRedeliverable("out-of-order", "A later event of this case already reached the destination (its "
+                                   "withdrawal, say): delivering this one now would reverse their order.")
+        # Compare-and-set: of two operators (or replicas) only one puts them back, and never after the retention job
+        # cleared a body. Pending again, the delivery job's own compare-and-set (claim) takes over.
         statement = update(WebhookDelivery).where(
-            col(WebhookDelivery.delivery_id) == delivery_id, col(WebhookDelivery.status) == FAILED,
+            col(WebhookDelivery.delivery_id).in_(group), col(WebhookDelivery.status) == FAILED,
             col(WebhookDelivery.body) != "", col(WebhookDelivery.first_failed_at) > now - keep,
         ).values(status=PENDING, next_attempt_at=now, redelivered_at=now, settled_at=None)
         with self.engine.begin() as connection:
-            if connection.execute(statement).rowcount != 1:
+            if connection.execute(statement).rowcount != len(group):
+                connection.rollback()
                 raise NotRedeliverable("not-failed", "The delivery changed meanwhile; look at it again.")
         again = self.delivery(delivery_id)
         assert again is not None  # deliveries are never deleted
@@ -256,6 +278,7 @@ class WebhookSender:
         self.store = WebhookStore(engine)
         self.engine = engine
         self.settings = settings
+        self.keep = timedelta(days=settings.webhook_failed_keep_days)
         self.deliveries = deliveries
 
     async def run(self) -> None:
@@ -290,7 +313,11 @@ class WebhookSender:
             next_at = datetime.now(UTC) + timedelta(seconds=backoff.delay_s(
                 attempt_no, base_s=self.settings.webhook_backoff_base_s, cap_s=self.settings.webhook_backoff_max_s,
                 jitter=True))
-            if next_at > delivery.window_start + timedelta(seconds=self.settings.webhook_max_age_s):
+            give_up_at = delivery.window_start + timedelta(seconds=self.settings.webhook_max_age_s)
+            if delivery.first_failed_at is not None:
+                # A redelivery ends with the kept event: past that, its personal data is due for deletion.
+                give_up_at = min(give_up_at, delivery.first_failed_at + self.keep)
+            if next_at > give_up_at:
                 result = Attempt(FAILED, result.status_code, f"gave up after {attempt_no} attempts: {result.error}")
         await anyio.to_thread.run_sync(self.store.settle, delivery.delivery_id, attempt_no, result, next_at)
         self.deliveries.labels(result.outcome).inc()

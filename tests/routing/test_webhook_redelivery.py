@@ -182,3 +182,64 @@ def test_of_two_concurrent_redeliveries_one_wins(engine: Engine) -> None:
     for thread in threads:
         thread.join()
     assert sorted(outcomes) == ["not-failed"] * 3 + ["pending"]
+
+
+def sibling(engine: Engine, of: WebhookDelivery, created_at: datetime) -> WebhookDelivery:
+    """A later event of the same case to the same destination (its withdrawal, say)."""
+    event_id = str(uuid.uuid4())
+    later = WebhookDelivery(delivery_id=uuid.uuid4(), event_id=event_id, destination_id=of.destination_id,
+                            case_id=of.case_id, headers={**of.headers, "ce-id": event_id}, body=of.body,
+                            created_at=created_at, next_attempt_at=created_at)
+    with Session(engine) as session:
+        session.add(later)
+        session.commit()
+        session.refresh(later)
+    return later
+
+
+async def test_a_case_goes_back_whole_in_order_and_never_behind_a_later_event(engine: Engine) -> None:
+    settings = Settings(webhook_allow_http_loopback=True, webhook_timeout_s=2.0)
+    sender = WebhookSender(engine, settings, deliveries_counter(CollectorRegistry()))
+    store = sender.store
+    now = datetime.now(UTC)
+    with BackOffice([(200, 0.0), (200, 0.0)]) as office:
+        dispatched = add_delivery(engine, office.url, now - timedelta(hours=3))
+        withdrawal = sibling(engine, dispatched, now - timedelta(hours=2))
+        fail(engine, dispatched.delivery_id, now - timedelta(hours=2))
+        fail(engine, withdrawal.delivery_id, now - timedelta(hours=1))
+        # Asked for the withdrawal (the top of the clearing list): the case it withdraws goes back with it.
+        store.redeliver(withdrawal.delivery_id, now, KEEP)
+        assert [store.delivery(d.delivery_id).status for d in (dispatched, withdrawal)] == ["pending", "pending"]
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            while await sender.work_once(client):
+                pass
+    assert [headers["ce-id"] for headers, _ in office.requests] == [dispatched.event_id, withdrawal.event_id]
+
+    # Once the withdrawal reached the destination, the case must not follow it there.
+    case = add_delivery(engine, "https://example.org/ozg", now - timedelta(hours=3))
+    later = sibling(engine, case, now - timedelta(hours=2))
+    fail(engine, case.delivery_id, now - timedelta(hours=2))
+    with engine.begin() as connection:
+        connection.execute(update(WebhookDelivery).where(col(WebhookDelivery.delivery_id) == later.delivery_id)
+                           .values(status="delivered", body=""))
+    assert refusal(store, case.delivery_id, now) == "out-of-order"
+    assert store.delivery(case.delivery_id).status == "failed"
+
+
+async def test_a_redelivery_ends_when_its_kept_event_is_due_for_deletion(engine: Engine) -> None:
+    # Its 24-h window would go on, but the event may be kept only until 30 days after the first failure.
+    settings = Settings(webhook_allow_http_loopback=True, webhook_backoff_base_s=600, webhook_timeout_s=2.0)
+    sender = WebhookSender(engine, settings, deliveries_counter(CollectorRegistry()))
+    now = datetime.now(UTC)
+    with BackOffice([(500, 0.0)]) as office:
+        delivery = add_delivery(engine, office.url, now - KEEP)
+        fail(engine, delivery.delivery_id, now - KEEP + timedelta(seconds=60))
+        sender.store.redeliver(delivery.delivery_id, now, KEEP)
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            assert await sender.work_once(client) == 1
+    ended = sender.store.delivery(delivery.delivery_id)
+    assert ended is not None
+    assert ended.status == "failed"
+    assert ended.last_error is not None
+    assert ended.last_error.startswith("gave up after")
+    assert ended.last_error.endswith("HTTP 500")
