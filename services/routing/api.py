@@ -127,11 +127,16 @@ def create_operator_router(service: Service, state: RoutingState, publisher: Out
                            401: PROBLEM, 403: PROBLEM, 422: PROBLEM, 503: PROBLEM})
     async def put_destination(destination_id: UUID, body: DestinationIn, response: Response) -> DestinationOut:
         """Creates the destination's Kafka topic (and its dead-letter twin) before registering it."""
+        existing = await anyio.to_thread.run_sync(store.destination, destination_id)
         # A typo would register a back office that never receives a case, and its cases would wait in clearing.
-        errors = [] if state.directory.has_authority(body.authority_ars) else [
-            {"pointer": "#/authority_ars", "detail": f"not in the directory (Gebietsstand "
-                                                     f"{state.directory.gebietsstand})", "code": "unknown_authority"}]
-        known = catalogue.load()
+        # What is registered already stays acceptable (a newer Gebietsstand may have dropped it): a stale
+        # registration must still take a new webhook secret.
+        errors: list[dict[str, str]] = []
+        if (existing is None or existing.authority_ars != body.authority_ars) and \
+                not state.directory.has_authority(body.authority_ars):
+            errors.append({"pointer": "#/authority_ars", "code": "unknown_authority",
+                           "detail": f"not in the directory (Gebietsstand {state.directory.gebietsstand})"})
+        known = set(catalogue.load()) | set(existing.leika_keys if existing is not None else [])
         errors += [{"pointer": f"#/leika_keys/{i}", "detail": "not in the service catalogue",
                     "code": "unknown_leika_key"} for i, key in enumerate(body.leika_keys) if key not in known]
         if body.webhook is not None and not allowed_url(str(body.webhook.url), publisher.settings):
@@ -139,7 +144,6 @@ def create_operator_router(service: Service, state: RoutingState, publisher: Out
         if errors:
             raise ProblemException(422, "The destination is not valid; see errors.", kind="validation",
                                    title="Validation failed", errors=errors)
-        existing = await anyio.to_thread.run_sync(store.destination, destination_id)
         secret = None
         if body.webhook is not None:
             # A secret is kept only for the same URL: the previous receiver's secret must never sign for another.

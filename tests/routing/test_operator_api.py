@@ -13,6 +13,7 @@ from sqlalchemy.exc import OperationalError
 from services.routing import app as routing_app
 from services.routing.app import build
 from services.routing.importer import import_directory
+from services.routing.models import Destination
 from services.routing.settings import Settings
 from services.routing.store import RoutingStore
 from shared import events, topics
@@ -143,6 +144,29 @@ async def test_a_developer_may_register_a_plain_http_webhook_on_loopback_only(
             answer = await client.put(f"/v1/destinations/{uuid.uuid4()}", json={**body, "webhook": webhook},
                                       headers=bearer(operator))
             assert answer.status_code == status, (url, answer.text)
+
+
+async def test_a_registration_a_newer_directory_no_longer_knows_can_still_be_replaced(
+    tmp_path: Path, kafka_settings: KafkaSettings
+) -> None:
+    service, app = build(settings_for(tmp_path / "routing.db", kafka_settings))
+    async with running(service, app) as client:
+        _, operator = await issue_key(kafka_settings, ClientKind.OPERATOR, service=service)
+        destination_id = uuid.uuid4()
+        # Registered under an earlier Gebietsstand and catalogue: the Gemeinde and the service are gone now.
+        RoutingStore(service.engine).upsert_destination(Destination(
+            destination_id=destination_id, name="Altgemeinde", authority_ars="091111111111",
+            leika_keys=["99999999999999"]))
+        body = {"name": "Altgemeinde", "authority_ars": "091111111111", "leika_keys": ["99999999999999"],
+                "webhook": {"url": "https://altgemeinde.example/ozg", "secret": "n3w-s3cret-n3w-s3cret"}}
+        url = f"/v1/destinations/{destination_id}"
+        assert (await client.put(url, json=body, headers=bearer(operator))).status_code == 200
+        # Changing to another unknown authority or adding an unknown service is still refused.
+        moved = await client.put(url, json={**body, "authority_ars": "091111111112"}, headers=bearer(operator))
+        assert [e["pointer"] for e in moved.json()["errors"]] == ["#/authority_ars"]
+        added = await client.put(url, json={**body, "leika_keys": ["99999999999999", "99999999999998"]},
+                                 headers=bearer(operator))
+        assert [e["pointer"] for e in added.json()["errors"]] == ["#/leika_keys/1"]
 
 
 async def test_every_replica_sees_new_destinations_and_a_new_directory(
