@@ -26,6 +26,9 @@ DELETIONS = "ozg.privacy.deletions"
 DESTINATION_PREFIX = "ozg.dest."
 DLQ_SUFFIX = ".dlq"
 RETENTION = "retention.ms"
+# Topics per DescribeConfigs request, and named in the warning about their retention.
+DESCRIBE_BATCH = 500
+LOGGED_TOPICS = 20
 
 # Every topic a consumer reads gets a dead-letter twin.
 CONSUMED = (SUBMITTED, ROUTED, UNROUTABLE, CASE_STATUS, NOTIFICATIONS, CLIENTS, DELETIONS)
@@ -126,10 +129,14 @@ async def check_retention(admin: AIOKafkaAdminClient, settings: KafkaSettings, s
     expected = {spec.name: config[RETENTION] for spec in specs if RETENTION in (config := topic_config(spec, settings))}
     if not expected:
         return
+    names = sorted(expected)
+    responses = []
     try:
-        responses = await admin.describe_configs(
-            # All of each topic's settings: Tansu drops the connection when asked for some by name.
-            [ConfigResource(ConfigResourceType.TOPIC, name) for name in sorted(expected)])
+        # All of each topic's settings (Tansu drops the connection when asked for some by name), a few hundred
+        # topics per request: a federal deployment has a destination topic per Kommune.
+        for start in range(0, len(names), DESCRIBE_BATCH):
+            responses += await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, name) for name in names[start:start + DESCRIBE_BATCH]])
     except KafkaError as exc:
         log.warning("could not read the topics' retention", extra={"error": type(exc).__name__})
         return
@@ -142,7 +149,9 @@ async def check_retention(admin: AIOKafkaAdminClient, settings: KafkaSettings, s
                 actual[name] = next((entry[1] for entry in entries if entry[0] == RETENTION), None)
     differing = sorted(name for name, value in actual.items() if value != expected[name])
     if differing:
+        named = differing[:LOGGED_TOPICS]  # one line, however many topics
         log.warning("topics keep records for another time than OZG_KAFKA_RETENTION_DAYS; the services do not change "
                     "an existing topic's configuration", extra={
-                        "topics": differing, "retention_ms": {name: actual[name] for name in differing},
+                        "count": len(differing), "topics": named,
+                        "retention_ms": {name: actual[name] for name in named},
                         "expected_retention_ms": settings.retention_ms})

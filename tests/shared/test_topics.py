@@ -62,7 +62,7 @@ async def test_no_retention_is_set_when_it_is_left_to_the_broker(kafka_settings:
 
 
 async def test_an_existing_topic_with_another_retention_is_left_alone_and_named_in_a_warning(
-    kafka_settings: KafkaSettings, caplog: pytest.LogCaptureFixture
+    kafka_settings: KafkaSettings, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     longer, unset, same = (f"test.retention.{uuid.uuid4().hex[:8]}" for _ in range(3))
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka_settings.bootstrap_servers)
@@ -88,3 +88,12 @@ async def test_an_existing_topic_with_another_retention_is_left_alone_and_named_
     with caplog.at_level(logging.WARNING, logger="shared.topics"):
         await ensure_topics(kafka_settings, [TopicSpec(same)])
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+
+    # Thousands of destination topics: asked for a few at a time, and named in one line of bounded length.
+    monkeypatch.setattr(topics, "DESCRIBE_BATCH", 2)
+    monkeypatch.setattr(topics, "LOGGED_TOPICS", 1)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="shared.topics"):
+        await ensure_topics(kafka_settings, [TopicSpec(longer), TopicSpec(unset), TopicSpec(same)])
+    (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert (getattr(warning, "count"), getattr(warning, "topics")) == (2, sorted([longer, unset])[:1])  # noqa: B009
