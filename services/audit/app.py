@@ -69,7 +69,7 @@ def build(settings: Settings | None = None) -> tuple[Service, FastAPI]:
     # A checkpoint every checkpoint_interval_s while the chain grows, however slowly.
     service.background.append(periodic("audit checkpoint", min(settings.checkpoint_interval_s / 4, 5.0),
                                        lambda: anyio.to_thread.run_sync(store.checkpoint_if_due), wait_first=True))
-    monitor = ChainMonitor(store, keys, service.registry)
+    monitor = ChainMonitor(store, keys, service.registry, retired=settings.retired_keys)
     if settings.verify_interval_s > 0:
         # The whole chain every verify_interval_s, the first time one interval after the start: a restart changes
         # nothing in the chain, and a replica KEDA starts because of lag should catch up before walking the chain.
@@ -110,6 +110,14 @@ def _anchor(text: str) -> Anchor:
     return Anchor(int(match[1]), match[2])
 
 
+def _retired(text: str) -> tuple[str, int]:
+    """A ``--retired`` value: ``KEY_ID:SEQ``."""
+    match = re.fullmatch(r"([0-9a-f]{16}):([0-9]{1,19})", text)
+    if match is None or int(match[2]) > db.MAX_BIGINT:
+        raise argparse.ArgumentTypeError(f"expected KEY_ID:SEQ (16 lower-case hex digits, a seq), got {text!r}")
+    return match[1], int(match[2])
+
+
 def verify_command(args: list[str], settings: Settings | None = None) -> int:
     """``python -m services.audit verify [--public-key FILE] [--expect SEQ:HEAD_HASH ...]``: print the report as
     JSON; exit 0 if intact, 1 if not, 2 on error.
@@ -127,6 +135,9 @@ def verify_command(args: list[str], settings: Settings | None = None) -> int:
                         help="a checkpoint kept outside audit's database (seq and head_hash, as GET /v1/checkpoints "
                         "gave them, signature checked): the chain must reach entry SEQ and its hash be HEAD_HASH; "
                         "repeatable")
+    parser.add_argument("--retired", type=_retired, action="append", default=[], metavar="KEY_ID:SEQ",
+                        help="a retired key and the seq of the last checkpoint it signed: a later checkpoint naming "
+                        "it is refused; repeatable (default: AUDIT_RETIRED_KEYS)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="processes that walk parts of a long chain (default: one per CPU)")
     options = parser.parse_args(args)
@@ -135,7 +146,9 @@ def verify_command(args: list[str], settings: Settings | None = None) -> int:
     engine = db.make_engine(settings.database_url)
     try:
         public_keys = _public_keys(settings, options.public_key)
-        report = AuditStore(engine).verify(public_keys, workers=max(1, options.workers), anchors=options.expect)
+        retired = dict(options.retired) if options.retired else settings.retired_keys
+        report = AuditStore(engine).verify(public_keys, workers=max(1, options.workers), anchors=options.expect,
+                                           retired=retired)
     except (SigningKeyError, OSError) as exc:
         print(f"cannot check the checkpoint signatures: {exc}", file=sys.stderr)
         return 2

@@ -20,7 +20,7 @@ GENESIS_HASH = "0" * 64
 
 ProblemKind = Literal[
     "changed", "removed", "unlinked", "truncated", "checkpoint_signature_invalid", "checkpoint_key_unknown",
-    "checkpoint_mismatch",
+    "checkpoint_key_retired", "checkpoint_mismatch",
 ]
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from prometheus_client import CollectorRegistry
@@ -33,10 +33,11 @@ class ChainMonitor:
 
     def __init__(
         self, store: AuditStore, public_keys: Sequence[Ed25519PublicKey], registry: CollectorRegistry | None = None,
-        *, clock: Callable[[], float] = time.time,
+        *, retired: Mapping[str, int] | None = None, clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.public_keys = public_keys
+        self.retired = retired or {}
         self.clock = clock
         self._lock = threading.Lock()
         # (started, finished, intact) of the verification whose verdict is exported, or None.
@@ -48,7 +49,7 @@ class ChainMonitor:
         """Verify the whole chain (in the calling thread: call it through a worker thread), export and log the
         verdict; ``trigger`` says who asked (``api`` or ``schedule``), for the log."""
         started = self.clock()
-        report = self.store.verify(self.public_keys, anchors=anchors)
+        report = self.store.verify(self.public_keys, anchors=anchors, retired=self.retired)
         finished = self.clock()
         with self._lock:
             # Two verifications may overlap (the schedule and an auditor): the one started later saw more.

@@ -24,6 +24,9 @@ class Settings(ServiceSettings):
     # Further Ed25519 public keys (PEM, one or more blocks) whose checkpoints verification accepts: the earlier
     # signing keys after a rotation, and the next one before it (README: rotating the signing key).
     trusted_public_keys: str | None = None
+    # Retired keys by key id, each with the seq of the last checkpoint it signed (JSON, e.g. {"3f2a…": 41000}): a
+    # checkpoint beyond it that names the key is refused, so a leaked key cannot sign a rewritten chain.
+    retired_keys: dict[str, int] = Field(default_factory=dict)
     # Where development keeps its generated key; default: beside the SQLite database, else ./.run/.
     signing_key_file: Path | None = None
     # A checkpoint is signed once this many entries were appended since the last one ...

@@ -404,7 +404,7 @@ class AuditStore:
 
     def verify(
         self, public_keys: Iterable[Ed25519PublicKey] = (), batch_size: int = 20_000, workers: int = 1,
-        anchors: Sequence[Anchor] = (),
+        anchors: Sequence[Anchor] = (), retired: Mapping[str, int] | None = None,
     ) -> VerifyReport:
         """Recompute the whole chain in seq order and check every checkpoint against it and the key it names
         among ``public_keys`` (the signing key's own and any earlier one after a rotation).
@@ -413,8 +413,11 @@ class AuditStore:
         (else ``truncated``) and have its head hash there (else ``checkpoint_mismatch``). They catch what the
         stored checkpoints cannot once those were removed together with the tail they cover.
 
-        ``public_keys`` default to the signer's. Rows arrive ``batch_size`` at a time as plain tuples from the
-        driver's cursor (a server-side cursor on PostgreSQL), so memory stays flat however long the chain is.
+        ``retired`` maps a key id to the seq of the last checkpoint that key signed before it was retired: one
+        beyond it naming the key is ``checkpoint_key_retired``. ``public_keys`` default to the signer's.
+
+        Rows arrive ``batch_size`` at a time as plain tuples from the driver's cursor (a server-side cursor on
+        PostgreSQL), so memory stays flat however long the chain is.
         With ``workers`` > 1 and a long chain in a database file or server, that many forked processes each walk
         one contiguous part of it and the parts are joined link by link: the same checks, on more cores. Fork
         only from a process without other threads (the CLI); the service's API walks in its own thread.
@@ -453,7 +456,7 @@ class AuditStore:
             walk = _join(parts)
         else:
             walk = _walk_rows(self.engine, seqs, batch_size)
-        return _report(walk, checkpoints, keys, anchors)
+        return _report(walk, checkpoints, keys, anchors, retired or {})
 
 
 # Below this many entries per worker, starting processes costs more than it saves.
@@ -648,7 +651,7 @@ def _walk(
 
 def _report(
     walk: _Walk, checkpoints: Sequence[tuple[int, str, str, str, str]], keys: Mapping[str, Ed25519PublicKey],
-    anchors: Sequence[Anchor] = (),
+    anchors: Sequence[Anchor] = (), retired: Mapping[str, int] | None = None,
 ) -> VerifyReport:
     """The verdict: the problem with the lowest sequence number among the chain's, the checkpoints' and the
     anchors'."""
@@ -663,6 +666,10 @@ def _report(
             found.append((seq, 2, "checkpoint_key_unknown",
                           f"checkpoint {seq} (signed at {time}) names key {key_id}, which is not among the trusted "
                           f"public keys ({', '.join(sorted(keys))})", seq))
+        elif retired and key_id in retired and seq > retired[key_id]:
+            found.append((seq, 2, "checkpoint_key_retired",
+                          f"checkpoint {seq} (signed at {time}) names key {key_id}, retired after checkpoint "
+                          f"{retired[key_id]}", seq))
         elif not signature_valid(key, checkpoint_message(seq, head_hash, time), signature):
             found.append((seq, 2, "checkpoint_signature_invalid",
                           f"checkpoint {seq} (signed at {time}, key {key_id}): checkpoint signature invalid", seq))

@@ -162,6 +162,16 @@ def test_after_a_rotation_of_the_signing_key_the_earlier_checkpoints_hold_while_
     forged = store.verify([rotated.public_key, signer.public_key])
     assert (forged.intact, forged.kind, forged.checkpoint_seq) == (False, "checkpoint_signature_invalid", 6)
 
+    # Whoever holds the retired key (it leaked: the reason for the rotation) signs checkpoint 6 with it. Only a pin
+    # of the retired key to its last checkpoint (3) tells that from an honest checkpoint.
+    with engine.begin() as connection:
+        connection.execute(update(CHECKPOINTS).where(CHECKPOINTS.c.seq == 6).values(
+            key_id=signer.key_id, signature=signer.sign(6, head_hash, created_at)))
+    assert store.verify([rotated.public_key, signer.public_key]).intact
+    pinned = store.verify([rotated.public_key, signer.public_key], retired={signer.key_id: 3})
+    assert (pinned.intact, pinned.kind, pinned.checkpoint_seq) == (False, "checkpoint_key_retired", 6)
+    assert store.verify([signer.public_key], retired={signer.key_id: 6}).intact
+
 
 def test_truncated_tail_is_reported_with_the_first_missing_entry(store: AuditStore, engine: Engine) -> None:
     fill(store, 6)

@@ -116,10 +116,19 @@ def test_verify_after_a_rotation_of_the_signing_key(tmp_path: Path) -> None:
     assert (json.loads(only_current.stdout)["kind"], json.loads(only_current.stdout)["checkpoint_seq"]) == (
         "checkpoint_key_unknown", 2)
 
+    # The earlier key retired after its checkpoint 2: honest; retired after 1: its checkpoint 2 is refused.
+    retired_ok = verify_cli(url, "--public-key", str(both), "--retired", f"{earlier.key_id}:2")
+    assert retired_ok.returncode == 0, retired_ok.stdout
+    retired_early = verify_cli(url, "--public-key", str(both), "--retired", f"{earlier.key_id}:1")
+    assert (retired_early.returncode, json.loads(retired_early.stdout)["kind"]) == (1, "checkpoint_key_retired")
+    assert verify_cli(url, "--retired", "nokey:1").returncode == 2
+
     # On the service's own settings: the signing key's public half and AUDIT_TRUSTED_PUBLIC_KEYS.
     configured = Settings(database_url=url, signing_key=base64.b64encode(current_key.private_bytes_raw()).decode(),
                           trusted_public_keys=earlier.public_pem.decode())
     assert verify_command(["--workers", "1"], configured) == 0
+    pinned = configured.model_copy(update={"retired_keys": {earlier.key_id: 1}})
+    assert verify_command(["--workers", "1"], pinned) == 1
     untrusted = configured.model_copy(update={"trusted_public_keys": None})
     assert verify_command(["--workers", "1"], untrusted) == 1
     garbled = configured.model_copy(update={"trusted_public_keys": "-----BEGIN PUBLIC KEY-----\nnope\n"
