@@ -5,29 +5,17 @@ found once their case is recorded."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
-import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
-from services.routing.app import MIGRATIONS
 from services.routing.models import CaseRecord, ClearingCase, EarlyWithdrawal, RoutedCase, WebhookDelivery
 from services.routing.store import RoutingStore
 from services.routing.withdrawals import WithdrawalStore
-from shared import db
 from shared.events import CaseStatus, UnroutableReason
 from shared.idempotency import ProcessedEvent
 from tests.factories import WOHNSITZ
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = db.make_engine(database_url)
-    db.migrate(engine, MIGRATIONS, "routing")
-    yield engine
-    engine.dispose()
 
 
 def routed(case_id: uuid.UUID, destination_id: uuid.UUID, rule: str = "BY:gemeinde") -> CaseRecord:

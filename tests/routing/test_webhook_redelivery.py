@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -14,7 +13,6 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine, update
 from sqlmodel import Session, col
 
-from services.routing.app import MIGRATIONS
 from services.routing.models import Destination, WebhookDelivery
 from services.routing.settings import Settings
 from services.routing.store import RoutingStore
@@ -26,21 +24,13 @@ from services.routing.webhooks import (
     delivery_for,
     listed,
 )
-from shared import db, events
+from shared import events
 from shared.envelope import build_event
 from shared.retention import Deletion
 from tests.factories import submitted
 from tests.routing.test_webhooks import SECRET, BackOffice, verify
 
 KEEP = timedelta(days=30)
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = db.make_engine(database_url)
-    db.migrate(engine, MIGRATIONS, "routing")
-    yield engine
-    engine.dispose()
 
 
 def add_delivery(engine: Engine, url: str | None, created_at: datetime) -> WebhookDelivery:
