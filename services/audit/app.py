@@ -11,7 +11,7 @@ from functools import partial
 from pathlib import Path
 
 import anyio.to_thread
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from fastapi import FastAPI
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -35,13 +35,20 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 log = logging.getLogger(__name__)
 
 
-def make_signer(settings: Settings) -> CheckpointSigner:
-    """The checkpoint signer of ``settings``: the configured key, or in development the generated key file."""
-    key = resolve_private_key(
+def configured_private_key(settings: Settings, *, generate: bool = True) -> Ed25519PrivateKey | None:
+    """The checkpoint key of ``settings``: the configured one, or in development the key file (created when missing
+    unless ``generate`` is false; then None)."""
+    return resolve_private_key(
         settings.signing_key.get_secret_value() if settings.signing_key else None,
         key_file=settings.signing_key_file or development_key_file(settings.database_url),
         production=settings.environment == "production",
+        generate=generate,
     )
+
+
+def make_signer(settings: Settings) -> CheckpointSigner:
+    """The checkpoint signer of ``settings``: the configured key, or in development the generated key file."""
+    key = configured_private_key(settings)
     assert key is not None
     return CheckpointSigner(key)
 
@@ -89,12 +96,7 @@ def build(settings: Settings | None = None) -> tuple[Service, FastAPI]:
 def _public_keys(settings: Settings, public_key_files: list[Path]) -> list[Ed25519PublicKey]:
     if public_key_files:
         return [key for path in public_key_files for key in load_public_keys(path.read_bytes())]
-    key = resolve_private_key(
-        settings.signing_key.get_secret_value() if settings.signing_key else None,
-        key_file=settings.signing_key_file or development_key_file(settings.database_url),
-        production=settings.environment == "production",
-        generate=False,
-    )
+    key = configured_private_key(settings, generate=False)
     return [*([key.public_key()] if key is not None else []), *configured_trusted_keys(settings)]
 
 
