@@ -1,6 +1,6 @@
 """Routing's HTTP API (SPEC §5 routing)."""
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated, Any
 from urllib.parse import urlencode
 from uuid import UUID
@@ -201,7 +201,7 @@ def create_operator_router(service: Service, state: RoutingState, publisher: Out
             for c in cases
         ])
 
-    keep = timedelta(days=publisher.settings.webhook_failed_keep_days)
+    keep = publisher.settings.webhook_failed_keep
     redeliveries = redeliveries_counter(service.registry)
 
     @router.get("/clearing/webhooks", tags=["clearing"], dependencies=[can_clear],

@@ -1,5 +1,6 @@
 """Routing's settings, from ``ROUTING_*`` environment variables (Kafka from ``OZG_KAFKA_*``)."""
 
+from datetime import timedelta
 from pathlib import Path
 
 from pydantic import Field
@@ -55,3 +56,8 @@ class Settings(ServiceSettings):
     outbox_interval_s: float = Field(default=5.0, gt=0)
     outbox_after_s: float = Field(default=10.0, ge=0)
     outbox_keep_sent_s: float = Field(default=24 * 3600.0, ge=0)
+
+    @property
+    def webhook_failed_keep(self) -> timedelta:
+        """``webhook_failed_keep_days`` as a duration."""
+        return timedelta(days=self.webhook_failed_keep_days)

@@ -103,7 +103,7 @@ class Attempt:
 
 class NotRedeliverable(Exception):
     """Why a delivery cannot be put back on the schedule: ``kind`` ``unknown-delivery``, ``not-failed``,
-    ``body-deleted`` or ``no-webhook``."""
+    ``body-deleted``, ``out-of-order`` or ``no-webhook``."""
 
     def __init__(self, kind: str, detail: str) -> None:
         super().__init__(detail)
@@ -125,6 +125,10 @@ def listed(delivery: WebhookDelivery, has_body: bool, keep: timedelta, now: date
         attempts=delivery.attempts, last_error=delivery.last_error, failed_at=delivery.settled_at,
         redeliverable=delivery.status == FAILED and until is not None and now < until, redeliverable_until=until,
     )
+
+
+# A failed delivery that still keeps its event: redeliverable while within the keep time, cleared after it.
+_FAILED_AND_KEPT = (col(WebhookDelivery.status) == FAILED, col(WebhookDelivery.body) != "")
 
 
 class WebhookStore:
@@ -237,8 +241,8 @@ class WebhookStore:
         # Compare-and-set: of two operators (or replicas) only one puts them back, and never after the retention job
         # cleared a body. Pending again, the delivery job's own compare-and-set (claim) takes over.
         statement = update(WebhookDelivery).where(
-            col(WebhookDelivery.delivery_id).in_(group), col(WebhookDelivery.status) == FAILED,
-            col(WebhookDelivery.body) != "", col(WebhookDelivery.first_failed_at) > now - keep,
+            col(WebhookDelivery.delivery_id).in_(group), *_FAILED_AND_KEPT,
+            col(WebhookDelivery.first_failed_at) > now - keep,
         ).values(status=PENDING, next_attempt_at=now, redelivered_at=now, settled_at=None)
         with self.engine.begin() as connection:
             if connection.execute(statement).rowcount != len(group):
@@ -267,8 +271,7 @@ class WebhookStore:
 
     @staticmethod
     def _expired(cutoff: datetime) -> tuple[Any, ...]:
-        return (col(WebhookDelivery.status) == FAILED, col(WebhookDelivery.body) != "",
-                col(WebhookDelivery.first_failed_at) <= cutoff)
+        return (*_FAILED_AND_KEPT, col(WebhookDelivery.first_failed_at) <= cutoff)
 
 
 class WebhookSender:
@@ -278,7 +281,6 @@ class WebhookSender:
         self.store = WebhookStore(engine)
         self.engine = engine
         self.settings = settings
-        self.keep = timedelta(days=settings.webhook_failed_keep_days)
         self.deliveries = deliveries
 
     async def run(self) -> None:
@@ -316,7 +318,7 @@ class WebhookSender:
             give_up_at = delivery.window_start + timedelta(seconds=self.settings.webhook_max_age_s)
             if delivery.first_failed_at is not None:
                 # A redelivery ends with the kept event: past that, its personal data is due for deletion.
-                give_up_at = min(give_up_at, delivery.first_failed_at + self.keep)
+                give_up_at = min(give_up_at, delivery.first_failed_at + self.settings.webhook_failed_keep)
             if next_at > give_up_at:
                 result = Attempt(FAILED, result.status_code, f"gave up after {attempt_no} attempts: {result.error}")
         await anyio.to_thread.run_sync(self.store.settle, delivery.delivery_id, attempt_no, result, next_at)
@@ -360,7 +362,7 @@ class WebhookRetention:
 
     def __init__(self, engine: Engine, broker: EventBroker, settings: Settings) -> None:
         self.store = WebhookStore(engine)
-        self.keep = timedelta(days=settings.webhook_failed_keep_days)
+        self.keep = settings.webhook_failed_keep
         self.publisher = DeletionPublisher(engine, broker, SERVICE)
 
     async def purge(self) -> int:
