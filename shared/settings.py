@@ -79,6 +79,13 @@ class KafkaSettings(BaseSettings):
         return self
 
     @property
+    def max_published_bytes(self) -> int:
+        """The most event data a service accepts from a client to publish: half of ``max_event_bytes``, above which
+        every consumer dead-letters a record unread. The other half leaves room for what the events it causes add
+        (the dispatched event carries routing's decision too), the headers and the record batch."""
+        return self.max_event_bytes // 2
+
+    @property
     def retention_ms(self) -> int | None:
         """``retention_days`` as Kafka's ``retention.ms`` (None: leave it to the broker)."""
         return round(self.retention_days * 86_400_000) if self.retention_days else None

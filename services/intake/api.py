@@ -196,9 +196,7 @@ def create_router(
             client_kind=client.kind, submitted_at=now,
         )
         submission = data.model_dump_json()
-        # Every consumer dead-letters an event longer than max_event_bytes unread. Half of it leaves room for what
-        # the events a submission causes add (the dispatched event carries routing's decision too).
-        limit = settings.kafka.max_event_bytes // 2
+        limit = settings.kafka.max_published_bytes
         if len(submission.encode()) > limit:
             raise ProblemException(413, f"An application may have at most {limit} bytes of data.",
                                    kind="application-too-large", title="Application too large")

@@ -317,9 +317,8 @@ def create_destination_router(service: Service, state: RoutingState, publisher: 
             message=body.message, problems=body.problems, changed_at=changed_at,
         )
         event = status_event(change)
-        # Every consumer dead-letters an event longer than max_event_bytes unread: the services would fall out of
-        # step. Half of it, as intake allows an application, leaves room for the headers and the record batch.
-        limit = publisher.settings.kafka.max_event_bytes // 2
+        # An event the consumers dead-letter would leave the services out of step.
+        limit = publisher.settings.kafka.max_published_bytes
         if len(event.value) > limit:
             raise ProblemException(413, f"A status report may have at most {limit} bytes of data.",
                                    kind="status-report-too-large", title="Status report too large")
