@@ -456,7 +456,7 @@ class AuditStore:
             walk = _join(parts)
         else:
             walk = _walk_rows(self.engine, seqs, batch_size)
-        return _report(walk, checkpoints, keys, anchors, retired or {})
+        return _report(walk, checkpoints, keys, anchors, retired)
 
 
 # Below this many entries per worker, starting processes costs more than it saves.
